@@ -23,6 +23,17 @@ if (MAJOR !== 14 && MAJOR !== 20) {
 const ARGS = argsJson ? JSON.parse(argsJson) : {};
 const SC = require(MAJOR === 14 ? 'sc-client-14' : 'sc-client-20');
 const T0 = Date.now();
+// Several scenarios may share one server and the channel `news`: every payload we publish carries
+// this run's tag, and subscribers keep only tagged messages (with the tag stripped).
+const TAG = crypto.randomBytes(6).toString('hex');
+const tagged = (data) => ({...data, tag: TAG});
+function untag(data, push) {
+  if (data !== null && typeof data === 'object' && data.tag === TAG) {
+    const rest = {...data};
+    delete rest.tag;
+    push(rest);
+  }
+}
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const elapsed = () => Date.now() - T0;
@@ -242,7 +253,7 @@ class Client {
     const list = this.received[channelName] || (this.received[channelName] = []);
     if (MAJOR === 14) {
       const ch = this.socket.subscribe(channelName);
-      if (!ch.watchers().length) ch.watch((data) => list.push(data));
+      if (!ch.watchers().length) ch.watch((data) => untag(data, (d) => list.push(d)));
       return ch;
     }
     const ch = this.socket.subscribe(channelName);
@@ -250,7 +261,7 @@ class Client {
     if (!this._consumed.has(channelName)) {
       this._consumed.add(channelName);
       (async () => {
-        for await (const data of ch) list.push(data);
+        for await (const data of ch) untag(data, (d) => list.push(d));
       })();
     }
     return ch;
@@ -400,14 +411,14 @@ scenarios.pubsub = async (obs) => {
   obs.login = await b.tryInvoke('login', {username: 'bob', password: 'bob-pass'});
   await b.waitFor('authenticate');
   const results = await Promise.all(
-    Array.from({length: 20}, (_, i) => b.tryPublish('news', i))
+    Array.from({length: 20}, (_, i) => b.tryPublish('news', tagged({n: i})))
   );
   obs.acks = results.map((r) => r.ok);
-  obs.forbidden = await b.tryPublish('alice-room', 'nope');
-  obs.unauthenticated = await a.tryPublish('news', 'anon');
+  obs.forbidden = await b.tryPublish('alice-room', tagged({n: 'nope'}));
+  obs.unauthenticated = await a.tryPublish('news', tagged({n: 'anon'}));
   await a.waitReceived('news', 20);
   await sleep(300);  // let anything extra (duplicates, blocked publishes) arrive
-  obs.received = a.received.news.slice();
+  obs.received = a.received.news.map((d) => d.n);
 };
 
 scenarios['subscribe-private'] = async (obs) => {
@@ -486,7 +497,7 @@ scenarios['login-whoami-reconnect'] = async (obs) => {
   obs.newsStateAfter = c.channelState('news');
   const who2 = await c.tryInvoke('whoami');
   obs.whoamiAfter = who2.ok && who2.data ? {username: who2.data.username} : who2;
-  obs.serverPublish = await c.tryInvoke('serverPublish', {channel: 'news', data: {after: 'reconnect'}});
+  obs.serverPublish = await c.tryInvoke('serverPublish', {channel: 'news', data: tagged({after: 'reconnect'})});
   obs.received = await c.waitReceived('news', 1);
 };
 
@@ -570,8 +581,8 @@ scenarios['secret-publish-out'] = async (obs) => {
     a.waitFor('subscribe', {pred: (e) => e.channel === 'news'}),
     c.waitFor('subscribe', {pred: (e) => e.channel === 'news'})
   ]);
-  obs.pub1 = await c.tryPublish('news', {secret: true, n: 1});
-  obs.pub2 = await c.tryPublish('news', {n: 2});
+  obs.pub1 = await c.tryPublish('news', tagged({secret: true, n: 1}));
+  obs.pub2 = await c.tryPublish('news', tagged({n: 2}));
   await c.waitReceived('news', 2);
   await a.waitReceived('news', 1);
   await sleep(300);
@@ -605,7 +616,7 @@ scenarios['reconnect-resubscribe'] = async (obs) => {
   obs.reconnectMs = st.t - d.t;
   await c.waitFor('subscribe', {since: m, pred: (e) => e.channel === 'news'});
   obs.newsState = c.channelState('news');
-  obs.serverPublish = await c.tryInvoke('serverPublish', {channel: 'news', data: {n: 'after'}});
+  obs.serverPublish = await c.tryInvoke('serverPublish', {channel: 'news', data: tagged({n: 'after'})});
   obs.received = await c.waitReceived('news', 1);
 };
 
