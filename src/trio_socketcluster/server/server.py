@@ -1,0 +1,341 @@
+"""The ``Server``: configuration, registrations, and the trio entry points.
+
+Entry points (all structured: nothing runs outside the caller's nursery):
+
+* ``await nursery.start(server.serve, host, port)``: listen on TCP with our wsproto
+  transport; ``task_status.started`` gets the listeners. Cancelling it closes every socket
+  with 1001 within ``shutdown_timeout_s``.
+* ``await server.handle_stream(stream)``: serve one already accepted trio stream.
+* ``await server.handle_trio_websocket_request(request)``: serve one connection of an
+  application that runs its own trio-websocket server (any route it likes).
+* ``server.run(host, port)``: ``trio.run`` with Ctrl+C handling, for scripts.
+
+Registrations: handlers for custom events (``@server.handler("login")``), middleware
+(``@server.middleware(Hook.PUBLISH_IN)``), listeners for socket lifecycle events
+(``@server.on("connection")``), and the token renewal hook (``@server.renewal``).
+
+Listeners are plain functions called synchronously, in registration order, from the
+connection's task: ``connection(socket)``, ``disconnection(socket, code, reason)``,
+``authenticate(socket, auth_token)``, ``deauthenticate(socket, old_token)``,
+``authStateChange(socket, old_state, new_state)``, ``badAuthToken(socket, error, token)``.
+They must not block; an exception in a listener is logged and ignored. To do async work, send
+to a memory channel your own task reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import trio
+
+from ..auth import AuthEngine, Keyring
+from ..brokers.base import Broker
+from ..brokers.local import LocalBroker
+from ..config import ServerConfig
+from ..errors import InvalidOptionsError
+from ..middleware import (
+    Blocked,
+    HandshakeWSRequest,
+    Hook,
+    Middleware,
+    MiddlewareRegistry,
+    is_sync_chain,
+    origin_allowed,
+    run_chain,
+    run_chain_async,
+)
+from ..transport.base import HandshakeRequest, Rejection, Transport
+from ..transport.ws import accept_websocket
+from .socket import ServerSocket
+
+__all__ = ["Handler", "Server"]
+
+log = logging.getLogger("trio_socketcluster")
+
+Handler = Callable[[ServerSocket, Any], Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+LISTENER_EVENTS = frozenset(
+    {"connection", "disconnection", "authenticate", "deauthenticate", "authStateChange",
+     "badAuthToken"}
+)  # fmt: skip
+
+
+def _socket_id() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(15)).decode("ascii")
+
+
+class Server:
+    """A SocketCluster server. See the module docstring for the entry points.
+
+    ``Server(**options)`` takes the fields of ``ServerConfig`` as keyword arguments (or a ready
+    ``config=``), plus ``broker=`` (default: in-process) and ``auth=`` (a ready
+    ``AuthEngine``; default: built from the ``auth_*`` options, with a random HS256 key per
+    process when no key is given).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        *,
+        broker: Broker | None = None,
+        auth: AuthEngine | None = None,
+        now: Callable[[], float] | None = None,
+        **options: Any,
+    ) -> None:
+        if config is not None and options:
+            raise InvalidOptionsError("pass either config= or keyword options, not both")
+        cfg = config if config is not None else ServerConfig(**options)
+        self.config = cfg
+        self.broker: Broker = broker if broker is not None else LocalBroker()
+        self.auth = auth if auth is not None else self._make_auth(cfg)
+        self.middleware = MiddlewareRegistry()
+        self._handlers: dict[str, tuple[Handler, bool]] = {}
+        self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in LISTENER_EVENTS}
+        self._renewal: Callable[[ServerSocket, dict[str, Any]], Any] | None = None
+        self._sockets: dict[str, ServerSocket] = {}
+        self._now = now
+        self._clock_offset: float | None = None
+
+    @staticmethod
+    def _make_auth(cfg: ServerConfig) -> AuthEngine:
+        if cfg.auth_public_key is not None:
+            keyring = Keyring.asymmetric(cfg.auth_private_key, cfg.auth_public_key)
+            algorithm = cfg.auth_algorithm or "RS256"
+        else:
+            key = cfg.auth_key
+            if key is None:
+                key = secrets.token_hex(32)
+                log.warning(
+                    "No auth_key given: using a random key for this process. Tokens will not "
+                    "survive a restart, and several processes need a shared key."
+                )
+            keyring = Keyring.symmetric(key)
+            algorithm = cfg.auth_algorithm or "HS256"
+        return AuthEngine(
+            keyring,
+            algorithm=algorithm,
+            verify_algorithms=cfg.auth_verify_algorithms,
+            default_expiry_s=cfg.auth_default_expiry_s,
+            leeway_s=cfg.auth_leeway_s,
+        )
+
+    # ------------------------------------------------------------------ time
+
+    def now(self) -> float:
+        """Wall-clock seconds (for JWT claims), advancing with trio's clock.
+
+        Derived from ``trio.current_time()`` so that tests running under a ``MockClock``
+        (``autojump_clock``) control token expiry without sleeping.
+        """
+        if self._now is not None:
+            return self._now()
+        if self._clock_offset is None:
+            self._clock_offset = time.time() - trio.current_time()
+        return self._clock_offset + trio.current_time()
+
+    # ------------------------------------------------------------------ registrations
+
+    def add_handler(self, event: str, fn: Handler) -> None:
+        """Handle custom event ``event``: ``fn(socket, data)`` returns the invoke's data.
+
+        Raise a ``SocketClusterError`` (or return ``Reply(error=...)``) to answer with an
+        error. Plain functions run inline in the connection's dispatch task, in order;
+        ``async`` functions run in their own task in the connection's nursery, so they may
+        await (a database, ``socket.invoke``) without holding up the connection.
+        """
+        if not isinstance(event, str) or not event:
+            raise InvalidOptionsError("event must be a non-empty string")
+        if event in {"#handshake", "#authenticate", "#removeAuthToken", "#subscribe",
+                     "#unsubscribe", "#publish", "#disconnect"}:  # fmt: skip
+            raise InvalidOptionsError(f"{event} is reserved")
+        self._handlers[event] = (fn, inspect.iscoroutinefunction(fn))
+
+    def remove_handler(self, event: str) -> None:
+        self._handlers.pop(event, None)
+
+    def handler(self, event: str) -> Callable[[F], F]:
+        """Decorator form of ``add_handler``."""
+
+        def register(fn: F) -> F:
+            self.add_handler(event, fn)
+            return fn
+
+        return register
+
+    def add_middleware(self, hook: Hook, fn: Middleware) -> None:
+        self.middleware.add(hook, fn)
+
+    def remove_middleware(self, hook: Hook, fn: Middleware) -> None:
+        self.middleware.remove(hook, fn)
+
+    def add_listener(self, event: str, fn: Callable[..., Any]) -> None:
+        if event not in LISTENER_EVENTS:
+            raise InvalidOptionsError(f"unknown event {event!r}; one of {sorted(LISTENER_EVENTS)}")
+        self._listeners[event].append(fn)
+
+    def remove_listener(self, event: str, fn: Callable[..., Any]) -> None:
+        self._listeners[event].remove(fn)
+
+    def on(self, event: str) -> Callable[[F], F]:
+        """Decorator form of ``add_listener``."""
+
+        def register(fn: F) -> F:
+            self.add_listener(event, fn)
+            return fn
+
+        return register
+
+    def renewal(self, fn: F) -> F:
+        """Register the token renewal hook: ``fn(socket, auth_token)`` returns a new payload
+        (or ``None`` to let the token expire); called ``renew_before_s`` before expiry."""
+        self._renewal = fn
+        return fn
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for fn in self._listeners[event]:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("%s listener raised", event)
+
+    # ------------------------------------------------------------------ views and actions
+
+    @property
+    def sockets(self) -> Mapping[str, ServerSocket]:
+        """Connected (handshaken) sockets by id; a read-only live view."""
+        return MappingProxyType(self._sockets)
+
+    @property
+    def client_count(self) -> int:
+        return len(self._sockets)
+
+    def publish(self, channel: str, data: Any = None) -> None:
+        """Publish ``data`` on ``channel`` (not subject to publish-in middleware). Never blocks;
+        ``BrokerError`` if the broker cannot take it."""
+        self.broker.publish(channel, data)
+
+    def _register(self, socket: ServerSocket) -> None:
+        self._sockets[socket.id] = socket
+
+    def _forget(self, socket: ServerSocket) -> bool:
+        return self._sockets.pop(socket.id, None) is not None
+
+    # ------------------------------------------------------------------ connections
+
+    async def _upgrade_check(self, request: HandshakeRequest) -> Rejection | None:
+        origin = request.origin
+        if not origin_allowed(self.config.origins, origin):
+            return Rejection(
+                status=403, body=f"Failed to authorize socket handshake - Invalid origin: {origin}"
+            )
+        chain = self.middleware.chain(Hook.HANDSHAKE_WS)
+        if chain:
+            req = HandshakeWSRequest(request=request, now=self.now())
+            outcome = run_chain(chain, req) if is_sync_chain(chain) else await run_chain_async(
+                chain, req
+            )
+            if isinstance(outcome, Blocked):
+                if outcome.exception is not None:
+                    log.warning("handshakeWS middleware raised", exc_info=outcome.exception)
+                err = outcome.error
+                body = err if isinstance(err, str) else getattr(err, "message", "")
+                return Rejection(status=outcome.status_code or 401, body=body or "Unauthorized")
+        return None
+
+    async def handle_transport(self, transport: Transport) -> None:
+        """Serve one accepted connection until it closes. Never raises (but Cancelled)."""
+        socket = ServerSocket(self, transport, _socket_id())
+        try:
+            await socket.run()
+        except Exception:
+            log.exception("connection %s failed", socket.id)
+
+    async def handle_stream(
+        self, stream: trio.abc.Stream, *, remote_address: tuple[str, int] | None = None
+    ) -> None:
+        """Run the WebSocket upgrade on ``stream`` and serve the connection. Closes ``stream``."""
+        cfg = self.config
+        if remote_address is None:
+            sock = getattr(stream, "socket", None)
+            try:
+                peer = sock.getpeername() if sock is not None else None
+                remote_address = (str(peer[0]), int(peer[1])) if peer else None
+            except OSError:
+                remote_address = None
+        try:
+            transport = await accept_websocket(
+                stream,
+                path=cfg.path,
+                check=self._upgrade_check,
+                max_message_bytes=cfg.max_payload_bytes,
+                max_buffer_bytes=cfg.max_buffer_bytes,
+                upgrade_timeout_s=cfg.handshake_timeout_s,
+                remote_address=remote_address,
+            )
+        except Exception:
+            log.exception("websocket upgrade failed")
+            await trio.aclose_forcefully(stream)
+            return
+        if transport is None:
+            return
+        await self.handle_transport(transport)
+
+    async def handle_trio_websocket_request(self, request: Any) -> None:
+        """Serve a ``trio_websocket.WebSocketRequest`` from an application's own
+        trio-websocket server (the adapter transport). Origin check and handshake-WS middleware
+        apply; the path is the application's business."""
+        from ..transport.trio_websocket import accept_trio_websocket
+
+        transport = await accept_trio_websocket(
+            request, check=self._upgrade_check, max_buffer_bytes=self.config.max_buffer_bytes
+        )
+        if transport is None:
+            return
+        await self.handle_transport(transport)
+
+    async def serve(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 8000,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` and serve until cancelled.
+
+        ``task_status.started`` receives the listeners (port 0 picks a free port: read it from
+        ``listeners[0].socket.getsockname()``). Cancellation closes every socket with 1001,
+        each under a shielded deadline of ``shutdown_timeout_s``; nothing is left running.
+        """
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Like ``serve`` with listeners you opened (SO_REUSEPORT, unix sockets...)."""
+        self.now()  # fix the wall-clock offset while trio runs
+
+        async def handle(stream: trio.SocketStream) -> None:
+            await self.handle_stream(stream)
+
+        await trio.serve_listeners(handle, listeners, task_status=task_status)
+
+    def run(self, host: str | None = "127.0.0.1", port: int = 8000) -> None:
+        """Serve forever in a new trio run; Ctrl+C shuts down gracefully."""
+        try:
+            trio.run(self.serve, host, port)
+        except KeyboardInterrupt:
+            pass
+
+

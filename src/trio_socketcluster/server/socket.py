@@ -1,0 +1,800 @@
+"""One client connection: its nursery, its tasks, and the application's ``ServerSocket`` handle.
+
+Each connection runs ``ServerSocket.run()`` in the server's handler nursery. It opens a nursery
+of its own holding
+
+* the **dispatch** task (the body of ``run`` itself): reads what one network read brought,
+  decides with the sans-IO ``Machine`` what each packet means, acts, then flushes the replies
+  with one write;
+* the transport's **writer** task (flushes data queued by other tasks: publishes, pings);
+* the **handshake** task: closes with 4005 if no ``#handshake`` arrives in time;
+* the **heartbeat** task (after the handshake): pings every ``ping_interval_s``, closes with
+  4001 if no pong arrives within ``ping_timeout_s``;
+* the **token-expiry watcher**: sleeps until the auth token's ``exp`` (on trio's clock) and then
+  deauthenticates the socket, sending ``#removeAuthToken`` at once; with ``renew_before_s`` it
+  first asks the application's renewal hook for a fresh token;
+* one task per running **async handler** (at most ``max_concurrent_handlers``; then reading
+  pauses). Plain-function handlers and middleware run inline in the dispatch task.
+
+When the connection ends, for whatever reason (peer close, protocol violation,
+``disconnect()``, server shutdown, cancellation), the nursery is cancelled, so no task outlives
+it; the close frame is then sent under a shielded deadline, the socket's subscriptions are
+removed from the broker and pending server-side invokes fail with ``BadConnectionError``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .. import errors
+from ..auth import expiry_of
+from ..brokers.local import publish_message
+from ..errors import dehydrate_error
+from ..middleware import (
+    UNCHANGED,
+    AuthenticateRequest,
+    Blocked,
+    EmitRequest,
+    HandshakeSCRequest,
+    Hook,
+    PublishInRequest,
+    PublishOutRequest,
+    SubscribeRequest,
+    is_sync_chain,
+    run_chain,
+    run_chain_async,
+)
+from ..protocol import MISSING, Action, Close, EventPacket, Machine, ResponsePacket
+from ..protocol.codec import event_bytes, response_bytes
+from ..transport.base import HandshakeRequest, OutboundMessage, Transport, TransportClosed
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["Reply", "ServerSocket"]
+
+log = logging.getLogger("trio_socketcluster")
+
+#: Event names a server must never send (client-local events of v14 clients, see spec §7).
+RESERVED_OUTBOUND = frozenset(
+    {
+        "connect", "connectAbort", "connecting", "close", "disconnect", "message", "error",
+        "raw", "kickOut", "subscribe", "unsubscribe", "subscribeStateChange", "subscribeFail",
+        "subscribeRequest", "authStateChange", "authenticate", "deauthenticate",
+        "removeAuthToken", "_connect", "_disconnect", "_connectAbort", "_close",
+        "authTokenSigned", "badAuthToken",
+    }
+)  # fmt: skip
+
+_REMOVE_AUTH_TOKEN = event_bytes("#removeAuthToken", None)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a handler may return to send an error, or an error *and* data (as S14 allows).
+
+    ``Reply(error="Login failed")`` puts the plain string on the wire, as the seed's
+    ``respond('Login failed')`` does.
+    """
+
+    data: Any = MISSING
+    error: Any = MISSING
+
+
+class _Pending:
+    __slots__ = ("data", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: Any = None
+        self.error: Any = None
+
+
+class ServerSocket:
+    """The application's handle on one client connection.
+
+    Read: ``id``, ``state`` (``"connecting"``, ``"open"``, ``"closed"``), ``protocol`` (1, 2 or
+    ``None`` while undetected), ``request`` (the HTTP upgrade request), ``auth_token`` (the
+    verified payload or ``None``), ``signed_auth_token``, ``authenticated``, ``channels``.
+    Act: ``transmit``, ``invoke``, ``set_auth_token``, ``deauthenticate``, ``kick_out``,
+    ``disconnect``.
+    """
+
+    def __init__(self, server: Server, transport: Transport, socket_id: str) -> None:
+        self.server = server
+        self.id = socket_id
+        self._transport = transport
+        cfg = server.config
+        self._machine = Machine(None if cfg.protocol == "auto" else int(cfg.protocol))
+        self.auth_token: dict[str, Any] | None = None
+        self.signed_auth_token: str | None = None
+        self.handshake_data: Any = None
+        self.client_disconnect_data: Any = None
+        self._channels: dict[str, None] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._next_cid = 1
+        self._handshake_done = trio.Event()
+        self._token_changed = trio.Event()
+        self._last_pong = 0.0
+        self._closing = False
+        self._notify_close = False
+        self._close_code = 1000
+        self._close_reason = ""
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self._scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._handler_slots = trio.Semaphore(cfg.max_concurrent_handlers)
+
+    # ------------------------------------------------------------------ read-only views
+
+    @property
+    def request(self) -> HandshakeRequest:
+        return self._transport.request
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        return self._transport.request.remote_address
+
+    @property
+    def state(self) -> str:
+        return self._machine.state.value
+
+    @property
+    def protocol(self) -> int | None:
+        return self._machine.protocol
+
+    @property
+    def authenticated(self) -> bool:
+        return self.auth_token is not None
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self._channels)
+
+    def __repr__(self) -> str:
+        return f"<ServerSocket {self.id} {self.state}>"
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, payload: bytes) -> None:
+        self._transport.send(OutboundMessage(payload))
+
+    def _send_priority(self, payload: bytes) -> None:
+        self._transport.send_priority(OutboundMessage(payload))
+
+    def _respond(self, cid: int | None, data: Any = MISSING, error: Any = MISSING) -> None:
+        if cid is None:
+            return
+        if isinstance(data, Reply):
+            data, error = data.data, data.error
+        if error is not MISSING:
+            error = dehydrate_error(error)
+        try:
+            payload = response_bytes(cid, data, error)
+        except TypeError:
+            log.warning("socket %s: a response to cid %s has no JSON form", self.id, cid)
+            payload = response_bytes(cid, error=dehydrate_error(errors.UnknownError("")))
+        self._send(payload)
+
+    def transmit(self, event: str, data: Any = MISSING) -> None:
+        """Send ``event`` to the client without expecting an answer. Never blocks.
+
+        Raises ``InvalidActionError`` for names the clients reserve (``connect``, ``#...``).
+        """
+        self._check_outbound_event(event)
+        self._send(event_bytes(event, data))
+
+    async def invoke(self, event: str, data: Any = MISSING, *, timeout_s: float | None = None) -> Any:
+        """Send ``event`` to the client and wait for its answer (``ack_timeout_s`` by default).
+
+        Raises the client's error (hydrated), ``TimeoutError`` when no answer arrives in time,
+        ``BadConnectionError`` when the socket closes first. Cancellation forgets the call: a
+        late answer is dropped.
+        """
+        self._check_outbound_event(event)
+        if self._closing or self._machine.state.value == "closed":
+            raise errors.BadConnectionError(f"Event '{event}' was aborted due to a bad connection")
+        cid = self._next_cid
+        self._next_cid += 1
+        pending = self._pending[cid] = _Pending()
+        timeout = self.server.config.ack_timeout_s if timeout_s is None else timeout_s
+        try:
+            self._send(event_bytes(event, data, cid))
+            with trio.move_on_after(timeout):
+                await pending.done.wait()
+        finally:
+            self._pending.pop(cid, None)
+        if not pending.done.is_set():
+            raise errors.TimeoutError(f"Event response for '{event}' timed out")
+        if pending.error is not None:
+            err = pending.error
+            raise err if isinstance(err, errors.SocketClusterError) else errors.RemoteError(str(err))
+        return pending.data
+
+    @staticmethod
+    def _check_outbound_event(event: str) -> None:
+        if not isinstance(event, str) or event.startswith("#") or event in RESERVED_OUTBOUND:
+            raise errors.InvalidActionError(
+                f'The "{event}" event is reserved and cannot be emitted on a server socket'
+            )
+
+    # ------------------------------------------------------------------ auth
+
+    async def set_auth_token(
+        self, payload: Mapping[str, Any], *, expires_in_s: float | None = None
+    ) -> str:
+        """Sign ``payload``, make it this socket's token and send ``#setAuthToken``.
+
+        ``exp`` in ``payload`` wins over ``expires_in_s``; without either the server's default
+        expiry applies. The token is sent ahead of queued data (before the response of the
+        invoke that called this). If signing fails the socket is closed with 4002 and
+        ``AuthError`` raised. Returns the signed token. Not a checkpoint: cancellation cannot
+        leave the socket half-authenticated.
+        """
+        if self._machine.state.value != "open":
+            raise errors.InvalidActionError("Cannot set an auth token before the handshake")
+        try:
+            signed = self.server.auth.sign(payload, now=self.server.now(), expires_in_s=expires_in_s)
+            verified = self.server.auth.verify(signed, now=self.server.now())
+        except errors.SocketClusterError as exc:
+            self.disconnect(4002, "Server failed to sign auth token", notify=False)
+            raise errors.AuthError(f"Failed to sign auth token: {exc.message}") from None
+        self._send_priority(event_bytes("#setAuthToken", {"token": signed}))
+        self._set_authenticated(verified, signed)
+        return signed
+
+    def deauthenticate(self) -> None:
+        """Forget the auth token and tell the client to drop it (``#removeAuthToken``)."""
+        self._clear_auth(send_remove=True)
+
+    def _set_authenticated(self, payload: dict[str, Any], signed: str) -> None:
+        was = self.auth_token is not None
+        self.auth_token = payload
+        self.signed_auth_token = signed
+        self._token_changed.set()
+        if not was:
+            self.server._emit("authStateChange", self, "unauthenticated", "authenticated")
+        self.server._emit("authenticate", self, payload)
+
+    def _clear_auth(self, *, send_remove: bool) -> None:
+        old = self.auth_token
+        self.auth_token = None
+        self.signed_auth_token = None
+        self._token_changed.set()
+        if send_remove and self._machine.state.value != "closed":
+            self._send_priority(_REMOVE_AUTH_TOKEN)
+        if old is not None:
+            self.server._emit("authStateChange", self, "authenticated", "unauthenticated")
+            self.server._emit("deauthenticate", self, old)
+
+    def _check_expiry(self) -> float | None:
+        """Lazy expiry check (as the reference does on pongs and events).
+
+        Returns the ``exp`` of a token that has just been found expired (after
+        deauthenticating the socket), else ``None``.
+        """
+        token = self.auth_token
+        if token is None:
+            return None
+        exp = expiry_of(token)
+        if exp is not None and self.server.now() >= exp + self.server.config.auth_leeway_s:
+            self._clear_auth(send_remove=True)
+            return exp
+        return None
+
+    async def _verify_token(self, token: Any) -> tuple[bool, Any, bool]:
+        """Verify ``token`` and run the authenticate middleware.
+
+        Returns ``(authenticated, error, bad_token)``; on success the socket is authenticated.
+        """
+        try:
+            payload = self.server.auth.verify(token, now=self.server.now())
+        except errors.AuthTokenError as exc:
+            if exc.is_bad_token:
+                self.server._emit("badAuthToken", self, exc, token)
+            return False, exc, exc.is_bad_token
+        chain = self.server.middleware.chain(Hook.AUTHENTICATE)
+        if chain:
+            outcome = await self._run_chain(
+                chain,
+                AuthenticateRequest(
+                    socket=self, auth_token=payload, signed_auth_token=token, now=self.server.now()
+                ),
+            )
+            if isinstance(outcome, Blocked):
+                if outcome.bad_token:
+                    self.server._emit("badAuthToken", self, outcome.error, token)
+                return False, outcome.error, outcome.bad_token
+        self._set_authenticated(payload, token)
+        return True, None, False
+
+    # ------------------------------------------------------------------ pub/sub
+
+    def deliver(self, channel: str, data: Any, message: OutboundMessage) -> None:
+        """Broker callback: send a publish to this socket through publish-out middleware."""
+        chain = self.server.middleware.chain(Hook.PUBLISH_OUT)
+        if not chain:
+            self._transport.send(message)
+            return
+        request = PublishOutRequest(
+            socket=self, channel=channel, data=data, auth_token=self.auth_token,
+            now=self.server.now(),
+        )  # fmt: skip
+        if not is_sync_chain(chain):
+            if self._nursery is not None and not self._closing:
+                self._nursery.start_soon(self._deliver_async, chain, request, message)
+            return
+        self._deliver_outcome(run_chain(chain, request), message, channel)
+
+    async def _deliver_async(
+        self, chain: tuple[Any, ...], request: PublishOutRequest, message: OutboundMessage
+    ) -> None:
+        self._deliver_outcome(await run_chain_async(chain, request), message, request.channel)
+
+    def _deliver_outcome(self, outcome: Any, message: OutboundMessage, channel: str) -> None:
+        if isinstance(outcome, Blocked):
+            if outcome.exception is not None:
+                log.warning("publishOut middleware failed", exc_info=outcome.exception)
+            return
+        if outcome.changed:
+            try:
+                message = publish_message(channel, outcome.data)
+            except TypeError:
+                log.warning("publishOut middleware returned data with no JSON form")
+                return
+        self._transport.send(message)
+
+    def kick_out(self, channel: str | None = None, message: str | None = None) -> None:
+        """Unsubscribe from ``channel`` (all channels if ``None``), sending ``#kickOut`` for each."""
+        names = list(self._channels) if channel is None else [channel]
+        for name in names:
+            if name not in self._channels:
+                continue
+            data: dict[str, Any] = {"message": message, "channel": name}
+            if message is None:
+                del data["message"]
+            self._send_priority(event_bytes("#kickOut", data))
+            self._unsubscribe(name)
+
+    def _unsubscribe(self, channel: str) -> None:
+        self._channels.pop(channel, None)
+        self.server.broker.unsubscribe(channel, self)
+
+    # ------------------------------------------------------------------ closing
+
+    def disconnect(self, code: int = 1000, reason: str = "", *, notify: bool = True) -> None:
+        """Close the connection with ``code`` and ``reason``. Never blocks; idempotent.
+
+        The reason goes in the close frame (what v19/v20 clients read) and, with ``notify``,
+        a ``#disconnect`` packet carries code and reason for v14 clients. The connection's
+        tasks are cancelled at their next checkpoint, so a plain-function handler that calls
+        this still gets its reply out first; the ``#disconnect`` packet and the close frame
+        are written after what is already queued, under a shielded deadline.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._close_code = code
+        self._close_reason = reason
+        self._notify_close = notify
+        self._machine.close()
+        self._scope.cancel()
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Serve this connection until it ends. See the module docstring.
+
+        Cancellation (server shutdown) closes the socket with 1001 under a shielded deadline
+        of ``shutdown_timeout_s``.
+        """
+        cfg = self.server.config
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._transport.run_writer)
+                    nursery.start_soon(self._handshake_timer)
+                    nursery.start_soon(self._expiry_watcher)
+                    await self._dispatch_loop()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            if not self._closing and self.close_code is None:
+                # Neither side chose to close: the server is shutting down (cancellation)
+                # or something failed inside this connection.
+                self._closing = True
+                self._close_code, self._close_reason = 1001, "Server is shutting down"
+            self._machine.close()
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + cfg.shutdown_timeout_s
+                if self.close_code is None:  # we close: send our close frame
+                    self.close_code, self.close_reason = self._close_code, self._close_reason
+                    if self._notify_close:
+                        # After any reply already queued (a handler that responds, then
+                        # disconnects), before the close frame; v14 clients read only this.
+                        data: dict[str, Any] = {"code": self._close_code}
+                        if self._close_reason:
+                            data["data"] = self._close_reason
+                        self._transport.send(OutboundMessage(event_bytes("#disconnect", data)))
+                    await self._transport.close(self._close_code, self._close_reason)
+                else:
+                    await self._transport.aclose()
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        for channel in list(self._channels):
+            self._unsubscribe(channel)
+        for pending in self._pending.values():
+            pending.error = errors.BadConnectionError("Event was aborted due to a bad connection")
+            pending.done.set()
+        self._pending.clear()
+        self._token_changed.set()
+        if self.server._forget(self):
+            self.server._emit("disconnection", self, self.close_code, self.close_reason)
+
+    async def _handshake_timer(self) -> None:
+        with trio.move_on_after(self.server.config.handshake_timeout_s):
+            await self._handshake_done.wait()
+            return
+        self.disconnect(4005, "Did not receive #handshake from client before timeout")
+
+    async def _heartbeat(self) -> None:
+        cfg = self.server.config
+        interval, timeout = cfg.ping_interval_s, cfg.ping_timeout_s
+        next_ping = trio.current_time() + interval
+        while True:
+            await trio.sleep_until(min(next_ping, self._last_pong + timeout))
+            now = trio.current_time()
+            if now >= self._last_pong + timeout:
+                self.disconnect(4001, "Client pong timed out", notify=False)
+                return
+            if now >= next_ping:
+                self._send_pings()
+                next_ping = now + interval
+
+    def _send_pings(self) -> None:
+        for ping in self._machine.ping_payloads():
+            self._send_priority(ping)
+
+    async def _expiry_watcher(self) -> None:
+        server = self.server
+        renewed_for: str | None = None
+        while True:
+            changed = self._token_changed = trio.Event()
+            exp = expiry_of(self.auth_token)
+            if exp is None:
+                await changed.wait()
+                continue
+            wall_deadline = exp + server.config.auth_leeway_s
+            renew_before = server.config.renew_before_s
+            renewing = (
+                renew_before is not None
+                and server._renewal is not None
+                and renewed_for != self.signed_auth_token
+            )
+            if renewing:
+                assert renew_before is not None
+                wall_deadline = exp - renew_before
+            with trio.move_on_at(trio.current_time() + (wall_deadline - server.now())):
+                await changed.wait()
+                continue
+            if renewing:
+                renewed_for = self.signed_auth_token
+                await self._renew()
+            else:
+                self._clear_auth(send_remove=True)
+
+    async def _renew(self) -> None:
+        hook = self.server._renewal
+        token = self.auth_token
+        if hook is None or token is None:
+            return
+        try:
+            result = hook(self, token)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                await self.set_auth_token(result)
+        except errors.SocketClusterError as exc:
+            log.warning("token renewal for socket %s failed: %s", self.id, exc)
+        except Exception:
+            log.warning("token renewal hook raised for socket %s", self.id, exc_info=True)
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _dispatch_loop(self) -> None:
+        transport = self._transport
+        machine = self._machine
+        while True:
+            try:
+                messages = await transport.receive()
+            except TransportClosed as exc:
+                self.close_code, self.close_reason = exc.code, exc.reason
+                return
+            for text in messages:
+                for action, packet in machine.receive(text):
+                    await self._dispatch(action, packet)
+            if self._closing:
+                return  # run() writes what is queued, then the close frame
+            await transport.flush()
+
+    async def _dispatch(self, action: Action, packet: Any) -> None:
+        match action:
+            case Action.EMIT:
+                await self._on_emit(packet)
+            case Action.PUBLISH:
+                await self._on_publish(packet)
+            case Action.PONG:
+                self._last_pong = trio.current_time()
+                self._check_expiry()
+            case Action.RESPONSE:
+                self._on_response(packet)
+            case Action.SUBSCRIBE:
+                await self._on_subscribe(packet)
+            case Action.UNSUBSCRIBE:
+                self._check_expiry()
+                self._on_unsubscribe(packet)
+            case Action.HANDSHAKE:
+                await self._on_handshake(packet)
+            case Action.AUTHENTICATE:
+                await self._on_authenticate(packet)
+            case Action.REMOVE_AUTH_TOKEN:
+                self._clear_auth(send_remove=False)  # never answered, even with a cid
+            case Action.DUPLICATE_HANDSHAKE:
+                self._respond(
+                    packet.cid, error=errors.InvalidActionError("The handshake was already done")
+                )
+            case Action.CLIENT_DISCONNECT:
+                # A v14 client announces its close; the close frame follows. Record it only.
+                self.client_disconnect_data = packet.data
+            case Action.CLOSE:
+                assert isinstance(packet, Close)
+                self.disconnect(packet.code, notify=False)
+            case _:
+                pass
+
+    async def _run_chain(self, chain: tuple[Any, ...], request: Any) -> Any:
+        outcome = run_chain(chain, request) if is_sync_chain(chain) else await run_chain_async(
+            chain, request
+        )
+        if isinstance(outcome, Blocked) and outcome.exception is not None:
+            log.warning(
+                "%s middleware raised; the action was blocked", outcome.hook.value,
+                exc_info=outcome.exception,
+            )  # fmt: skip
+        return outcome
+
+    async def _on_handshake(self, packet: EventPacket) -> None:
+        server = self.server
+        self._handshake_done.set()
+        data = packet.data
+        self.handshake_data = data
+        chain = server.middleware.chain(Hook.HANDSHAKE_SC)
+        if chain:
+            outcome = await self._run_chain(
+                chain, HandshakeSCRequest(socket=self, data=data, now=server.now())
+            )
+            if isinstance(outcome, Blocked):
+                code = outcome.status_code or 4008
+                error = dehydrate_error(outcome.error)
+                if isinstance(error, dict):
+                    error["statusCode"] = code
+                self._respond(packet.cid, data={"code": code}, error=error)
+                self.disconnect(code)
+                return
+        status: dict[str, Any] = {"id": self.id, "pingTimeout": int(server.config.ping_timeout_s * 1000)}
+        token = data.get("authToken") if isinstance(data, dict) else None
+        authenticated = False
+        if token is not None:
+            authenticated, error, bad = await self._verify_token(token)
+            if not authenticated:
+                status["authError"] = dehydrate_error(error)
+                if bad:
+                    self._clear_auth(send_remove=True)
+        status["isAuthenticated"] = authenticated
+        self._machine.handshake_done()
+        self._last_pong = trio.current_time()
+        server._register(self)
+        self._respond(packet.cid, data=status)
+        if self._machine.protocol is None:
+            self._send_pings()  # probe: the first pong tells protocol 1 from 2 within one RTT
+        assert self._nursery is not None
+        self._nursery.start_soon(self._heartbeat)
+        server._emit("connection", self)
+
+    async def _on_authenticate(self, packet: EventPacket) -> None:
+        authenticated, error, bad = await self._verify_token(packet.data)
+        if authenticated:
+            self._respond(packet.cid, data={"isAuthenticated": True, "authError": None})
+            return
+        wire = dehydrate_error(error)
+        status = {"isAuthenticated": False, "authError": wire}
+        if bad:
+            self._clear_auth(send_remove=True)  # #removeAuthToken goes before the response
+            self._respond(packet.cid, data=status, error=wire)
+        else:
+            self._clear_auth(send_remove=False)  # a failed re-authentication logs out
+            self._respond(packet.cid, data=status)
+
+    def _on_response(self, packet: ResponsePacket) -> None:
+        pending = self._pending.pop(packet.rid, None)
+        if pending is None:
+            return
+        pending.data = packet.data
+        if packet.error is not None:
+            pending.error = errors.hydrate_error(packet.error)
+        pending.done.set()
+
+    async def _on_emit(self, packet: EventPacket) -> None:
+        server = self.server
+        expired = self._check_expiry() is not None
+        data = packet.data
+        cid = packet.cid
+        chain = server.middleware.chain(Hook.EMIT)
+        if chain:
+            outcome = await self._run_chain(
+                chain,
+                EmitRequest(
+                    socket=self, event=packet.event, data=data, is_invoke=cid is not None,
+                    auth_token=self.auth_token, auth_token_expired=expired, now=server.now(),
+                ),
+            )  # fmt: skip
+            if isinstance(outcome, Blocked):
+                self._respond(cid, error=outcome.error)
+                return
+            data = outcome.data
+        entry = server._handlers.get(packet.event)
+        if entry is None:
+            self._respond(cid, error=errors.NoHandlerError(f"No handler for event '{packet.event}'"))
+            return
+        fn, is_async = entry
+        if is_async:
+            await self._handler_slots.acquire()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_async_handler, fn, packet.event, data, cid)
+            return
+        try:
+            result = fn(self, data)
+        except errors.SocketClusterError as exc:
+            self._respond(cid, error=exc)
+            return
+        except Exception:
+            log.exception("handler for %r raised", packet.event)
+            self._respond(cid, error=errors.UnknownError("The handler failed"))
+            return
+        self._respond(cid, data=None if result is None else result)
+
+    async def _run_async_handler(
+        self, fn: Callable[[ServerSocket, Any], Awaitable[Any]], event: str, data: Any, cid: int | None
+    ) -> None:
+        try:
+            try:
+                result = await fn(self, data)
+            except errors.SocketClusterError as exc:
+                self._respond(cid, error=exc)
+                return
+            except Exception:
+                log.exception("handler for %r raised", event)
+                self._respond(cid, error=errors.UnknownError("The handler failed"))
+                return
+            self._respond(cid, data=None if result is None else result)
+        finally:
+            self._handler_slots.release()
+
+    async def _on_subscribe(self, packet: EventPacket) -> None:
+        server = self.server
+        expired_exp = self._check_expiry()
+        cid = packet.cid
+        request = packet.data
+        if isinstance(request, str):
+            request = {"channel": request}
+        channel = request.get("channel") if isinstance(request, dict) else None
+        if not isinstance(channel, str) or not channel:
+            self._respond(cid, error=errors.InvalidActionError("Subscribe channel name was malformatted"))
+            return
+        assert isinstance(request, dict)
+        wait_for_auth = bool(request.get("waitForAuth"))
+        if wait_for_auth and expired_exp is not None:
+            self._respond(
+                cid,
+                error=errors.AuthTokenExpiredError(
+                    "The socket auth token has expired", expiry=expired_exp
+                ),
+            )
+            return
+        limit = server.config.socket_channel_limit
+        if limit is not None and channel not in self._channels and len(self._channels) >= limit:
+            self._respond(
+                cid,
+                error=errors.BrokerError(
+                    f"Failed to subscribe socket to the {channel} channel - Socket {self.id} "
+                    f"tried to exceed the channel subscription limit of {limit}"
+                ),
+            )
+            return
+        chain = server.middleware.chain(Hook.SUBSCRIBE)
+        if chain:
+            outcome = await self._run_chain(
+                chain,
+                SubscribeRequest(
+                    socket=self, channel=channel, wait_for_auth=wait_for_auth,
+                    data=request.get("data"), auth_token=self.auth_token,
+                    auth_token_expired=expired_exp is not None, now=server.now(),
+                ),
+            )  # fmt: skip
+            if isinstance(outcome, Blocked):
+                self._respond(cid, error=outcome.error)
+                return
+        if self._closing:
+            return
+        self._channels[channel] = None
+        server.broker.subscribe(channel, self)
+        self._respond(cid)
+
+    def _on_unsubscribe(self, packet: EventPacket) -> None:
+        channel = packet.data
+        if not isinstance(channel, str):
+            self._respond(
+                packet.cid, error=errors.InvalidActionError("Unsubscribe channel name was malformatted")
+            )
+            return
+        if channel not in self._channels:
+            self._respond(
+                packet.cid,
+                error=errors.BrokerError(
+                    f"Failed to unsubscribe socket from the {channel} channel - Socket {self.id} "
+                    "tried to unsubscribe from a channel which it is not subscribed to"
+                ),
+            )
+            return
+        self._unsubscribe(channel)
+        self._respond(packet.cid)
+
+    async def _on_publish(self, packet: EventPacket) -> None:
+        server = self.server
+        expired = self._check_expiry() is not None
+        cid = packet.cid
+        if not server.config.allow_client_publish:
+            self._respond(cid, error=errors.InvalidActionError("Client publish feature is disabled"))
+            return
+        request = packet.data
+        channel = request.get("channel") if isinstance(request, dict) else None
+        if not isinstance(channel, str) or not channel:
+            self._respond(cid, error=errors.InvalidActionError("Publish channel name was malformatted"))
+            return
+        assert isinstance(request, dict)
+        data = request.get("data")
+        ack: Any = MISSING
+        chain = server.middleware.chain(Hook.PUBLISH_IN)
+        if chain:
+            outcome = await self._run_chain(
+                chain,
+                PublishInRequest(
+                    socket=self, channel=channel, data=data, auth_token=self.auth_token,
+                    auth_token_expired=expired, now=server.now(),
+                ),
+            )  # fmt: skip
+            if isinstance(outcome, Blocked):
+                self._respond(cid, error=outcome.error)
+                return
+            data = outcome.data
+            if outcome.ack_data is not UNCHANGED:
+                ack = outcome.ack_data
+        try:
+            server.broker.publish(channel, data)
+        except errors.BrokerError as exc:
+            self._respond(cid, error=exc)
+            return
+        except TypeError:
+            self._respond(cid, error=errors.InvalidArgumentsError("Publish data has no JSON form"))
+            return
+        self._respond(cid, data=ack)
+
