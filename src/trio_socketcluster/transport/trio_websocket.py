@@ -1,0 +1,384 @@
+"""The embedding adapter: the ``Transport`` interface over a trio-websocket connection.
+
+For applications that already run a ``trio_websocket`` server and want to hand some requests
+to SocketCluster. ``accept_trio_websocket`` turns a ``WebSocketRequest`` into a
+``HandshakeRequest``, runs the upgrade check and accepts or rejects; ``TrioWebsocketTransport``
+adapts the accepted ``WebSocketConnection``:
+
+* ``receive`` returns one message per call (trio-websocket's reader task already split
+  them); binary messages are decoded as UTF-8 (invalid: close 1007).
+* ``send``/``send_priority`` queue messages in two deques (priority first), bounded by
+  ``max_buffer_bytes`` counted in payload bytes, with the overflow policy of
+  ``transport.base`` (drop, close 4100 "Slow consumer", ignore later sends). ``flush`` and
+  ``run_writer`` write them one ``send_message`` at a time; one writer at a time.
+* trio-websocket's exceptions (``ConnectionClosed``, handshake errors, stream errors,
+  exception groups without ``Cancelled``) never leave this module: the core only sees
+  ``TransportClosed``.
+
+This path is slower than ``transport.ws`` (a task hop, a lock and a write per message, and a
+frame built per receiver); it exists for embedding, not for throughput.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from enum import Enum
+from typing import Any
+
+import trio
+from trio_websocket import (
+    CloseReason,
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+)
+
+from .base import (
+    SLOW_CONSUMER_CLOSE_CODE,
+    HandshakeRequest,
+    OutboundMessage,
+    TransportClosed,
+    UpgradeCheck,
+)
+
+__all__ = ["TrioWebsocketTransport", "accept_trio_websocket"]
+
+_log = logging.getLogger(__name__)
+
+_ERRORS: tuple[type[Exception], ...] = (
+    ConnectionClosed,
+    HandshakeError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    OSError,
+)
+
+
+class _State(Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+def _sendable_code(code: int) -> int:
+    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
+    return 1000
+
+
+def _truncate_reason(reason: str) -> str:
+    raw = reason.encode("utf-8")
+    return reason if len(raw) <= 123 else raw[:123].decode("utf-8", errors="ignore")
+
+
+def _reraise_cancelled(group: BaseExceptionGroup[Any]) -> None:
+    """Let a group that carries ``Cancelled`` propagate; anything else is swallowed."""
+    if group.subgroup(trio.Cancelled) is not None:
+        raise group
+
+
+def _remote_address(request: WebSocketRequest) -> tuple[str, int] | None:
+    remote = getattr(request, "remote", None)
+    address = getattr(remote, "address", None)
+    port = getattr(remote, "port", None)
+    if address is None or not isinstance(port, int):
+        return None
+    return (str(address), port)
+
+
+def _handshake_request(request: WebSocketRequest) -> HandshakeRequest:
+    target: str = request.path
+    path, _, query = target.partition("?")
+    headers: list[tuple[str, str]] = []
+    # wsproto keeps Host (and the extension/subprotocol offers) out of ``extra_headers``.
+    host = getattr(getattr(request, "_event", None), "host", None)
+    if isinstance(host, str):
+        headers.append(("host", host))
+    for k, v in request.headers:
+        headers.append((k.decode("latin-1").lower(), v.decode("latin-1")))
+    return HandshakeRequest(
+        path=path, query=query, headers=tuple(headers), remote_address=_remote_address(request)
+    )
+
+
+async def accept_trio_websocket(
+    request: WebSocketRequest,
+    *,
+    path: str | None = None,
+    check: UpgradeCheck | None = None,
+    max_buffer_bytes: int = 8 * 2**20,
+) -> TrioWebsocketTransport | None:
+    """Accept ``request`` as a SocketCluster connection, or reject it and return ``None``.
+
+    ``path`` (when given) must equal the request path before ``?`` (else 400 "Bad Request");
+    then ``check`` may return a ``Rejection`` (its status, headers and body are sent). An
+    exception from ``check`` is logged and answered with 500. Nothing but ``Cancelled`` is
+    raised; cancellation leaves the request to trio-websocket (which closes the stream).
+    """
+    req = _handshake_request(request)
+    try:
+        if path is not None and req.path != path:
+            await request.reject(400, body=b"Bad Request")
+            return None
+        if check is not None:
+            try:
+                rejection = await check(req)
+            except Exception:
+                _log.exception("upgrade check failed")
+                await request.reject(500, body=b"Server Error")
+                return None
+            if rejection is not None:
+                headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in rejection.headers]
+                if not any(k.lower() == b"content-type" for k, _ in headers):
+                    headers.append((b"Content-Type", b"text/plain; charset=utf-8"))
+                await request.reject(
+                    rejection.status, extra_headers=headers, body=rejection.body.encode("utf-8")
+                )
+                return None
+        ws = await request.accept()
+    except _ERRORS:
+        return None
+    except BaseExceptionGroup as group:
+        _reraise_cancelled(group)
+        return None
+    return TrioWebsocketTransport(ws, req, max_buffer_bytes=max_buffer_bytes)
+
+
+class TrioWebsocketTransport:
+    """``Transport`` over an accepted ``trio_websocket.WebSocketConnection``."""
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        request: HandshakeRequest,
+        *,
+        max_buffer_bytes: int = 8 * 2**20,
+        close_timeout_s: float = 2.0,
+    ) -> None:
+        self._ws = ws
+        self._request = request
+        self._max_buffer_bytes = max_buffer_bytes
+        self._close_timeout_s = close_timeout_s
+        self._state = _State.OPEN
+        self._close: TransportClosed | None = None
+        self._prio: deque[OutboundMessage] = deque()
+        self._queue: deque[OutboundMessage] = deque()
+        self._bytes = 0
+        self._sending = False
+        self._send_deadline = math.inf
+        self._send_scope: trio.CancelScope | None = None
+        self._abort_after_flush = False
+        self._wake = trio.Event()
+        self._idle = trio.lowlevel.ParkingLot()
+        self._ws_closed = trio.Event()
+
+    @property
+    def request(self) -> HandshakeRequest:
+        """The upgrade request this connection was accepted with."""
+        return self._request
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Payload bytes queued and not yet handed to ``send_message``."""
+        return self._bytes
+
+    @property
+    def closed(self) -> bool:
+        """True once closing has begun (by either side): sends are ignored from then on."""
+        return self._state is not _State.OPEN
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code ``receive`` reports (``None`` while open)."""
+        return None if self._close is None else self._close.code
+
+    # ----------------------------------------------------------------- receiving
+
+    async def receive(self) -> list[str]:
+        """The next message, as a one-element list. Raises ``TransportClosed`` once closed.
+
+        Cancellation leaves the transport usable (trio-websocket's queue keeps the message).
+        """
+        while True:
+            if self._state is _State.CLOSED:
+                raise self._closed_exc()
+            try:
+                message = await self._ws.get_message()
+            except ConnectionClosed as exc:
+                self._on_ws_closed(exc.reason)
+                raise self._closed_exc() from None
+            except Exception:  # stream errors, trio-websocket internals
+                self._set_close(1006, "")
+                await self._finish()
+                raise self._closed_exc() from None
+            except BaseExceptionGroup as group:
+                _reraise_cancelled(group)
+                self._set_close(1006, "")
+                await self._finish()
+                raise self._closed_exc() from None
+            if isinstance(message, bytes | bytearray):
+                try:
+                    message = message.decode("utf-8")
+                except UnicodeDecodeError:
+                    await self.close(1007, "Invalid UTF-8")
+                    raise self._closed_exc() from None
+            if self._state is _State.OPEN:
+                return [message]
+
+    def _on_ws_closed(self, reason: CloseReason | None) -> None:
+        if reason is None:
+            self._set_close(1006, "")
+        else:
+            code = reason.code
+            self._set_close(1005 if code is None else code, reason.reason or "")
+        self._state = _State.CLOSED
+        self._prio.clear()
+        self._queue.clear()
+        self._bytes = 0
+        self._ws_closed.set()
+        self._wake.set()
+
+    # ----------------------------------------------------------------- sending
+
+    def send(self, message: OutboundMessage) -> None:
+        """Queue ``message``; never blocks. Ignored once closing. Overflow: module doc."""
+        self._enqueue(self._queue, message)
+
+    def send_priority(self, message: OutboundMessage) -> None:
+        """Queue ``message`` ahead of everything queued by ``send``. Same overflow policy."""
+        self._enqueue(self._prio, message)
+
+    def _enqueue(self, queue: deque[OutboundMessage], message: OutboundMessage) -> None:
+        if self._state is not _State.OPEN:
+            return
+        n = len(message.payload)
+        if self._bytes + n > self._max_buffer_bytes:
+            self._overflow()
+            return
+        queue.append(message)
+        self._bytes += n
+        if not self._sending:
+            self._wake.set()
+
+    def _overflow(self) -> None:
+        self._queue.clear()
+        self._bytes = sum(len(m.payload) for m in self._prio)
+        self._set_close(SLOW_CONSUMER_CLOSE_CODE, "Slow consumer")
+        self._state = _State.CLOSING
+        self._abort_after_flush = True
+        self._send_deadline = trio.current_time() + self._close_timeout_s
+        if self._send_scope is not None:
+            self._send_scope.deadline = self._send_deadline
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Send what is queued (priority first), unless a flush is already running.
+
+        Never raises except ``Cancelled``; a failed write closes the transport (1006).
+        """
+        if self._sending or self._state is _State.CLOSED:
+            return
+        self._sending = True
+        ok = False
+        try:
+            while self._prio or self._queue:
+                message = self._prio.popleft() if self._prio else self._queue.popleft()
+                self._bytes -= len(message.payload)
+                with trio.CancelScope(deadline=self._send_deadline) as scope:
+                    self._send_scope = scope
+                    await self._ws.send_message(message.text)
+                self._send_scope = None
+                if scope.cancelled_caught:
+                    break
+            else:
+                ok = True
+        except Exception:
+            pass
+        except BaseExceptionGroup as group:
+            _reraise_cancelled(group)
+        finally:
+            self._sending = False
+            self._send_scope = None
+            self._idle.unpark_all()
+        if self._abort_after_flush:
+            await self._finish()
+        elif not ok:
+            self._set_close(1006, "")
+            await self._finish()
+
+    async def run_writer(self) -> None:
+        """Flush whenever something is queued; return (never raise) once closed."""
+        while self._state is not _State.CLOSED:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self.flush()
+
+    async def _drain(self) -> None:
+        while (self._prio or self._queue or self._sending) and self._state is not _State.CLOSED:
+            if self._sending:
+                await self._idle.park()
+            else:
+                await self.flush()
+
+    # ----------------------------------------------------------------- closing
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send what is queued, then close with ``code``/``reason`` (forbidden codes become
+        1000, the reason is cut to 123 bytes); waits at most ``close_timeout_s`` (2 s) for the
+        queue and again for the closing handshake. Idempotent. Cancellation closes the stream.
+        """
+        if self._state is _State.OPEN:
+            code = _sendable_code(code)
+            reason = _truncate_reason(reason)
+            self._set_close(code, reason)
+            self._state = _State.CLOSING
+            with trio.move_on_after(self._close_timeout_s):
+                await self._drain()
+        await self._finish()
+
+    async def aclose(self) -> None:
+        """Close the stream at once, without a closing handshake. Idempotent."""
+        self._set_close(1006, "")
+        self._state = _State.CLOSED
+        try:
+            await trio.aclose_forcefully(self._ws)
+        except Exception:
+            pass
+        finally:
+            self._ws_closed.set()
+            self._wake.set()
+
+    async def _finish(self) -> None:
+        """Run trio-websocket's closing handshake with our close code, bounded in time."""
+        if self._state is _State.CLOSED:
+            await self._ws_closed.wait()
+            return
+        self._state = _State.CLOSED
+        self._set_close(1006, "")
+        assert self._close is not None
+        code = _sendable_code(self._close.code)
+        reason = _truncate_reason(self._close.reason) or None
+        self._prio.clear()
+        self._queue.clear()
+        self._bytes = 0
+        self._wake.set()
+        try:
+            with trio.move_on_after(self._close_timeout_s):
+                await self._ws.aclose(code, reason)
+        except Exception:
+            pass
+        except BaseExceptionGroup as group:
+            _reraise_cancelled(group)
+        finally:
+            self._ws_closed.set()
+
+    def _set_close(self, code: int, reason: str) -> None:
+        if self._close is None:
+            self._close = TransportClosed(code, reason)
+
+    def _closed_exc(self) -> TransportClosed:
+        c = self._close
+        return TransportClosed(1006) if c is None else TransportClosed(c.code, c.reason)
