@@ -4,8 +4,9 @@ What this module owns:
 
 * ``Hook``: the seven places the server consults application middleware.
 * One frozen keyword-only request dataclass per hook (``HandshakeWSRequest`` ...
-  ``EmitRequest``). Each carries ``now`` (seconds on the server's clock, passed in) so
-  that middleware needing time (rate limits, token age) stays pure and testable.
+  ``EmitRequest``), with class attributes ``hook`` and ``has_data``. Each carries ``now``
+  (seconds on the server's clock, passed in) so that middleware needing time (rate limits,
+  token age) stays pure and testable.
 * The verdicts a middleware returns: ``Allow`` (optionally replacing ``data`` and, for
   publish-in, ``ack_data``), ``Block`` (an error, or nothing for a *silent* block), or
   ``None`` meaning "allow unchanged".
@@ -134,6 +135,7 @@ class HandshakeWSRequest:
     """The HTTP upgrade, before any socket exists. Blocks refuse it with an HTTP status."""
 
     hook: ClassVar[Hook] = Hook.HANDSHAKE_WS
+    has_data: ClassVar[bool] = False
     request: HandshakeRequest
     now: float
 
@@ -143,6 +145,7 @@ class HandshakeSCRequest:
     """The ``#handshake`` event; ``data`` is its packet data. Blocks close with a code."""
 
     hook: ClassVar[Hook] = Hook.HANDSHAKE_SC
+    has_data: ClassVar[bool] = True
     socket: Any
     data: Any
     now: float
@@ -153,6 +156,7 @@ class AuthenticateRequest:
     """A token that verified (at handshake or ``#authenticate``), before it is accepted."""
 
     hook: ClassVar[Hook] = Hook.AUTHENTICATE
+    has_data: ClassVar[bool] = False
     socket: Any
     auth_token: Mapping[str, Any]
     signed_auth_token: str
@@ -164,6 +168,7 @@ class SubscribeRequest:
     """A ``#subscribe``; ``data`` is the subscription data (stored, not sent anywhere)."""
 
     hook: ClassVar[Hook] = Hook.SUBSCRIBE
+    has_data: ClassVar[bool] = True
     socket: Any
     channel: str
     wait_for_auth: bool
@@ -178,6 +183,7 @@ class PublishInRequest:
     """A client ``#publish``; replacing ``data`` changes what every subscriber gets."""
 
     hook: ClassVar[Hook] = Hook.PUBLISH_IN
+    has_data: ClassVar[bool] = True
     socket: Any
     channel: str
     data: Any
@@ -191,6 +197,7 @@ class PublishOutRequest:
     """One delivery of a publication to one subscriber; a block drops it silently."""
 
     hook: ClassVar[Hook] = Hook.PUBLISH_OUT
+    has_data: ClassVar[bool] = True
     socket: Any
     channel: str
     data: Any
@@ -203,6 +210,7 @@ class EmitRequest:
     """A custom (non-reserved) event from the client, transmit or invoke."""
 
     hook: ClassVar[Hook] = Hook.EMIT
+    has_data: ClassVar[bool] = True
     socket: Any
     event: str
     data: Any
@@ -232,8 +240,6 @@ REQUEST_TYPES: Final[Mapping[Hook, type[Request]]] = {
     Hook.PUBLISH_OUT: PublishOutRequest,
     Hook.EMIT: EmitRequest,
 }
-
-_DATALESS: Final = frozenset({Hook.HANDSHAKE_WS, Hook.AUTHENTICATE})
 
 
 # --- verdicts ----------------------------------------------------------------------------------
@@ -305,6 +311,9 @@ class Blocked:
     silent block, a generic ``UnknownError`` when a middleware crashed). ``status_code`` is
     set, with its default, for the handshake hooks only. ``exception`` is the unexpected
     exception a middleware raised, for the server to log; ``None`` otherwise.
+
+    A silent ``PUBLISH_OUT`` block (a dropped delivery, never answered) returns one shared
+    ``Blocked``: treat ``error`` as read-only.
     """
 
     hook: Hook
@@ -373,15 +382,39 @@ def _bad_verdict(hook: Hook, fn: Middleware, verdict: object) -> Blocked:
 # --- runners -----------------------------------------------------------------------------------
 
 
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _allowed(data: Any, ack_data: Any, changed: bool) -> Allowed:
+    # The generated __init__ of a frozen dataclass costs ~3x this; outcomes are built per
+    # delivery on the publish-out path, so the runners build them directly.
+    out: Allowed = _new(Allowed)
+    _set(out, "data", data)
+    _set(out, "ack_data", ack_data)
+    _set(out, "changed", changed)
+    return out
+
+
+_PUBLISH_OUT_SILENT: Final = _block_outcome(Hook.PUBLISH_OUT, SILENT)
+
+
+def _blocked(hook: Hook, block: Block) -> Blocked:
+    if block.error is None and hook is Hook.PUBLISH_OUT:
+        return _PUBLISH_OUT_SILENT  # dropped deliveries are frequent and never answered
+    return _block_outcome(hook, block)
+
+
 def run_chain(chain: Sequence[Middleware], request: Request) -> Allowed | Blocked:
     """Fold ``request`` through ``chain`` (sync middleware only) and return the outcome.
 
     Raises ``TypeError`` if a middleware returns an awaitable (a coroutine is closed first,
     so no "never awaited" warning); use ``run_chain_async`` for such chains.
     """
-    hook = request.hook
-    has_data = hook not in _DATALESS
+    has_data = request.has_data
     original = request.data if has_data else None  # type: ignore[union-attr]
+    if not chain:
+        return _allowed(original, UNCHANGED, False)
     data = original
     ack_data: Any = UNCHANGED
     current: Any = request
@@ -389,24 +422,26 @@ def run_chain(chain: Sequence[Middleware], request: Request) -> Allowed | Blocke
         try:
             verdict = fn(current)
         except Exception as exc:
-            return _failure_outcome(hook, exc)
+            return _failure_outcome(request.hook, exc)
         if verdict is None:
             continue
         if isinstance(verdict, Allow):
             if verdict.data is not UNCHANGED and has_data:
                 data = verdict.data
                 current = dataclasses.replace(current, data=data)
-            if verdict.ack_data is not UNCHANGED and hook is Hook.PUBLISH_IN:
+            if verdict.ack_data is not UNCHANGED and request.hook is Hook.PUBLISH_IN:
                 ack_data = verdict.ack_data
         elif isinstance(verdict, Block):
-            return _block_outcome(hook, verdict)
+            return _blocked(request.hook, verdict)
         elif inspect.isawaitable(verdict):
             if inspect.iscoroutine(verdict):
                 verdict.close()
-            raise TypeError(f"{hook.value} middleware {fn!r} is asynchronous; use run_chain_async")
+            raise TypeError(
+                f"{request.hook.value} middleware {fn!r} is asynchronous; use run_chain_async"
+            )
         else:
-            return _bad_verdict(hook, fn, verdict)
-    return Allowed(data=data, ack_data=ack_data, changed=data is not original)
+            return _bad_verdict(request.hook, fn, verdict)
+    return _allowed(data, ack_data, data is not original)
 
 
 async def run_chain_async(chain: Sequence[Middleware], request: Request) -> Allowed | Blocked:
@@ -415,8 +450,7 @@ async def run_chain_async(chain: Sequence[Middleware], request: Request) -> Allo
     Cancellation: if cancelled while a middleware is awaited, the cancellation propagates
     and the chain has no outcome; nothing is left behind by the runner itself.
     """
-    hook = request.hook
-    has_data = hook not in _DATALESS
+    has_data = request.has_data
     original = request.data if has_data else None  # type: ignore[union-attr]
     data = original
     ack_data: Any = UNCHANGED
@@ -427,20 +461,20 @@ async def run_chain_async(chain: Sequence[Middleware], request: Request) -> Allo
             if inspect.isawaitable(verdict):
                 verdict = await verdict
         except Exception as exc:
-            return _failure_outcome(hook, exc)
+            return _failure_outcome(request.hook, exc)
         if verdict is None:
             continue
         if isinstance(verdict, Allow):
             if verdict.data is not UNCHANGED and has_data:
                 data = verdict.data
                 current = dataclasses.replace(current, data=data)
-            if verdict.ack_data is not UNCHANGED and hook is Hook.PUBLISH_IN:
+            if verdict.ack_data is not UNCHANGED and request.hook is Hook.PUBLISH_IN:
                 ack_data = verdict.ack_data
         elif isinstance(verdict, Block):
-            return _block_outcome(hook, verdict)
+            return _blocked(request.hook, verdict)
         else:
-            return _bad_verdict(hook, fn, verdict)
-    return Allowed(data=data, ack_data=ack_data, changed=data is not original)
+            return _bad_verdict(request.hook, fn, verdict)
+    return _allowed(data, ack_data, data is not original)
 
 
 def _is_async(fn: object) -> bool:
