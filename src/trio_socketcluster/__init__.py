@@ -21,7 +21,7 @@ from .errors import InvalidOptionsError as InvalidOptionsError
 from .errors import NoHandlerError as NoHandlerError
 from .errors import SilentMiddlewareBlockedError as SilentMiddlewareBlockedError
 from .errors import SocketClusterError as SocketClusterError
-from .errors import TimeoutError as TimeoutError  # noqa: A004
+from .errors import TimeoutError as TimeoutError
 from .middleware import ALLOW as ALLOW
 from .middleware import SILENT as SILENT
 from .middleware import Allow as Allow

@@ -106,7 +106,9 @@ class AuthTokenError(SocketClusterError):
 class AuthTokenExpiredError(AuthTokenError):
     """The token's ``exp`` has passed. ``expiry`` is an ISO date or the numeric ``exp``."""
 
-    def __init__(self, message: str = "jwt expired", *, expiry: str | int | float, **kw: Any) -> None:
+    def __init__(
+        self, message: str = "jwt expired", *, expiry: str | int | float, **kw: Any
+    ) -> None:
         super().__init__(message, expiry=expiry, **kw)
         self.expiry = expiry
 
@@ -131,7 +133,7 @@ class AuthError(SocketClusterError):
 class SilentMiddlewareBlockedError(SocketClusterError):
     """A middleware blocked the action without an error of its own; ``type`` names the hook."""
 
-    def __init__(self, message: str = "", *, type: str, **fields: Any) -> None:  # noqa: A002
+    def __init__(self, message: str = "", *, type: str, **fields: Any) -> None:
         super().__init__(message, type=type, **fields)
         self.type = type
 
@@ -160,7 +162,7 @@ class NoHandlerError(SocketClusterError):
     """An invoke named an event no handler is registered for (answered at once)."""
 
 
-class TimeoutError(SocketClusterError):  # noqa: A001 - the SocketCluster wire name
+class TimeoutError(SocketClusterError):
     """An acknowledgement did not arrive within the ack timeout."""
 
 

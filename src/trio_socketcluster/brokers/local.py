@@ -18,7 +18,9 @@ __all__ = ["LocalBroker", "publish_message"]
 
 def publish_message(channel: str, data: Any) -> OutboundMessage:
     """The ``#publish`` packet for ``channel``/``data``, encoded once."""
-    return OutboundMessage(encode({"event": "#publish", "data": {"channel": channel, "data": data}}))
+    return OutboundMessage(
+        encode({"event": "#publish", "data": {"channel": channel, "data": data}})
+    )
 
 
 class LocalBroker:

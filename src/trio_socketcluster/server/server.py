@@ -25,6 +25,7 @@ to a memory channel your own task reads.
 from __future__ import annotations
 
 import base64
+import contextlib
 import inspect
 import logging
 import secrets
@@ -239,8 +240,8 @@ class Server:
         chain = self.middleware.chain(Hook.HANDSHAKE_WS)
         if chain:
             req = HandshakeWSRequest(request=request, now=self.now())
-            outcome = run_chain(chain, req) if is_sync_chain(chain) else await run_chain_async(
-                chain, req
+            outcome = (
+                run_chain(chain, req) if is_sync_chain(chain) else await run_chain_async(chain, req)
             )
             if isinstance(outcome, Blocked):
                 if outcome.exception is not None:
@@ -333,9 +334,5 @@ class Server:
 
     def run(self, host: str | None = "127.0.0.1", port: int = 8000) -> None:
         """Serve forever in a new trio run; Ctrl+C shuts down gracefully."""
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             trio.run(self.serve, host, port)
-        except KeyboardInterrupt:
-            pass
-
-

@@ -191,7 +191,9 @@ class ServerSocket:
         self._check_outbound_event(event)
         self._send(event_bytes(event, data))
 
-    async def invoke(self, event: str, data: Any = MISSING, *, timeout_s: float | None = None) -> Any:
+    async def invoke(
+        self, event: str, data: Any = MISSING, *, timeout_s: float | None = None
+    ) -> Any:
         """Send ``event`` to the client and wait for its answer (``ack_timeout_s`` by default).
 
         Raises the client's error (hydrated), ``TimeoutError`` when no answer arrives in time,
@@ -215,7 +217,9 @@ class ServerSocket:
             raise errors.TimeoutError(f"Event response for '{event}' timed out")
         if pending.error is not None:
             err = pending.error
-            raise err if isinstance(err, errors.SocketClusterError) else errors.RemoteError(str(err))
+            raise (
+                err if isinstance(err, errors.SocketClusterError) else errors.RemoteError(str(err))
+            )
         return pending.data
 
     @staticmethod
@@ -241,7 +245,9 @@ class ServerSocket:
         if self._machine.state.value != "open":
             raise errors.InvalidActionError("Cannot set an auth token before the handshake")
         try:
-            signed = self.server.auth.sign(payload, now=self.server.now(), expires_in_s=expires_in_s)
+            signed = self.server.auth.sign(
+                payload, now=self.server.now(), expires_in_s=expires_in_s
+            )
             verified = self.server.auth.verify(signed, now=self.server.now())
         except errors.SocketClusterError as exc:
             self.disconnect(4002, "Server failed to sign auth token", notify=False)
@@ -352,7 +358,7 @@ class ServerSocket:
         self._transport.send(message)
 
     def kick_out(self, channel: str | None = None, message: str | None = None) -> None:
-        """Unsubscribe from ``channel`` (all channels if ``None``), sending ``#kickOut`` for each."""
+        """Unsubscribe from ``channel`` (all if ``None``), sending ``#kickOut`` for each."""
         names = list(self._channels) if channel is None else [channel]
         for name in names:
             if name not in self._channels:
@@ -562,8 +568,10 @@ class ServerSocket:
                 pass
 
     async def _run_chain(self, chain: tuple[Any, ...], request: Any) -> Any:
-        outcome = run_chain(chain, request) if is_sync_chain(chain) else await run_chain_async(
-            chain, request
+        outcome = (
+            run_chain(chain, request)
+            if is_sync_chain(chain)
+            else await run_chain_async(chain, request)
         )
         if isinstance(outcome, Blocked) and outcome.exception is not None:
             log.warning(
@@ -590,7 +598,10 @@ class ServerSocket:
                 self._respond(packet.cid, data={"code": code}, error=error)
                 self.disconnect(code)
                 return
-        status: dict[str, Any] = {"id": self.id, "pingTimeout": int(server.config.ping_timeout_s * 1000)}
+        status: dict[str, Any] = {
+            "id": self.id,
+            "pingTimeout": int(server.config.ping_timeout_s * 1000),
+        }
         token = data.get("authToken") if isinstance(data, dict) else None
         authenticated = False
         if token is not None:
@@ -605,7 +616,9 @@ class ServerSocket:
         server._register(self)
         self._respond(packet.cid, data=status)
         if self._machine.protocol is None:
-            self._send_pings()  # probe: the first pong tells protocol 1 from 2 within one RTT
+            # Probe after the reply: the first pong tells protocol 1 from 2 within one RTT.
+            for ping in self._machine.ping_payloads():
+                self._send(ping)
         assert self._nursery is not None
         self._nursery.start_soon(self._heartbeat)
         server._emit("connection", self)
@@ -653,7 +666,9 @@ class ServerSocket:
             data = outcome.data
         entry = server._handlers.get(packet.event)
         if entry is None:
-            self._respond(cid, error=errors.NoHandlerError(f"No handler for event '{packet.event}'"))
+            self._respond(
+                cid, error=errors.NoHandlerError(f"No handler for event '{packet.event}'")
+            )
             return
         fn, is_async = entry
         if is_async:
@@ -673,7 +688,11 @@ class ServerSocket:
         self._respond(cid, data=None if result is None else result)
 
     async def _run_async_handler(
-        self, fn: Callable[[ServerSocket, Any], Awaitable[Any]], event: str, data: Any, cid: int | None
+        self,
+        fn: Callable[[ServerSocket, Any], Awaitable[Any]],
+        event: str,
+        data: Any,
+        cid: int | None,
     ) -> None:
         try:
             try:
@@ -698,7 +717,9 @@ class ServerSocket:
             request = {"channel": request}
         channel = request.get("channel") if isinstance(request, dict) else None
         if not isinstance(channel, str) or not channel:
-            self._respond(cid, error=errors.InvalidActionError("Subscribe channel name was malformatted"))
+            self._respond(
+                cid, error=errors.InvalidActionError("Subscribe channel name was malformatted")
+            )
             return
         assert isinstance(request, dict)
         wait_for_auth = bool(request.get("waitForAuth"))
@@ -743,7 +764,8 @@ class ServerSocket:
         channel = packet.data
         if not isinstance(channel, str):
             self._respond(
-                packet.cid, error=errors.InvalidActionError("Unsubscribe channel name was malformatted")
+                packet.cid,
+                error=errors.InvalidActionError("Unsubscribe channel name was malformatted"),
             )
             return
         if channel not in self._channels:
@@ -763,12 +785,16 @@ class ServerSocket:
         expired = self._check_expiry() is not None
         cid = packet.cid
         if not server.config.allow_client_publish:
-            self._respond(cid, error=errors.InvalidActionError("Client publish feature is disabled"))
+            self._respond(
+                cid, error=errors.InvalidActionError("Client publish feature is disabled")
+            )
             return
         request = packet.data
         channel = request.get("channel") if isinstance(request, dict) else None
         if not isinstance(channel, str) or not channel:
-            self._respond(cid, error=errors.InvalidActionError("Publish channel name was malformatted"))
+            self._respond(
+                cid, error=errors.InvalidActionError("Publish channel name was malformatted")
+            )
             return
         assert isinstance(request, dict)
         data = request.get("data")
@@ -797,4 +823,3 @@ class ServerSocket:
             self._respond(cid, error=errors.InvalidArgumentsError("Publish data has no JSON form"))
             return
         self._respond(cid, data=ack)
-

@@ -1,0 +1,53 @@
+"""Shared fixtures: servers in the test's nursery, raw clients over memory streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_socketcluster import Server
+
+from wsclient import RawClient, new_client
+
+AUTH_KEY = "test-auth-key"
+
+ClientFactory = Callable[..., Awaitable[RawClient]]
+
+
+@pytest.fixture
+def server() -> Server:
+    return Server(auth_key=AUTH_KEY)
+
+
+@pytest.fixture
+async def connect(nursery: trio.Nursery) -> AsyncIterator[ClientFactory]:
+    """``await connect(server, target=..., headers=..., handshake=True)`` → a RawClient wired
+    to ``server.handle_stream`` through an in-memory stream pair (no sockets)."""
+
+    async def factory(
+        srv: Server,
+        *,
+        target: str = "/socketcluster/",
+        headers: list[tuple[bytes, bytes]] | None = None,
+        upgrade: bool = True,
+    ) -> RawClient:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        nursery.start_soon(srv.handle_stream, server_stream)
+        client = new_client(client_stream)
+        clients.append(client)
+        if upgrade:
+            await client.connect(target, headers=headers)
+        return client
+
+    clients: list[RawClient] = []
+    yield factory
+    for client in clients:  # EOF ends each server connection at once
+        await trio.aclose_forcefully(client.stream)
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line("markers", "slow: a test that takes more than a second")
