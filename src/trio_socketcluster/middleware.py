@@ -328,6 +328,31 @@ class Blocked:
 MIDDLEWARE_FAILED_MESSAGE: Final = "Action was blocked: middleware failed"
 
 
+# The generated __init__ of a frozen dataclass (and ``dataclasses.replace``) cost several
+# times a direct build; outcomes are built per delivery on the publish-out path, so the
+# runners build outcomes and data-replaced requests directly, field by field.
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _allowed(data: Any, ack_data: Any, changed: bool) -> Allowed:
+    out: Allowed = _new(Allowed)
+    _set(out, "data", data)
+    _set(out, "ack_data", ack_data)
+    _set(out, "changed", changed)
+    return out
+
+
+def _with_data(request: Any, data: Any) -> Any:
+    """``dataclasses.replace(request, data=data)`` for the (slotted) request types."""
+    cls = type(request)
+    new = _new(cls)
+    for name in cls.__slots__:
+        _set(new, name, getattr(request, name))
+    _set(new, "data", data)
+    return new
+
+
 def _block_outcome(hook: Hook, block: Block) -> Blocked:
     error = block.error
     silent = error is None
@@ -355,21 +380,22 @@ def _block_outcome(hook: Hook, block: Block) -> Blocked:
                 or error.fields.get("isBadToken") is True
             )
         )
-    return Blocked(
-        hook=hook,
-        error=error,
-        status_code=status,
-        bad_token=bad_token,
-        silent=silent,
-        exception=None,
-    )
+    out: Blocked = _new(Blocked)
+    _set(out, "hook", hook)
+    _set(out, "error", error)
+    _set(out, "status_code", status)
+    _set(out, "bad_token", bad_token)
+    _set(out, "silent", silent)
+    _set(out, "exception", None)
+    return out
 
 
 def _failure_outcome(hook: Hook, exc: Exception) -> Blocked:
     if isinstance(exc, SocketClusterError):
         return _block_outcome(hook, Block(exc))
     blocked = _block_outcome(hook, Block(UnknownError(MIDDLEWARE_FAILED_MESSAGE)))
-    return dataclasses.replace(blocked, exception=exc)
+    _set(blocked, "exception", exc)  # a fresh object, not yet seen by anyone
+    return blocked
 
 
 def _bad_verdict(hook: Hook, fn: Middleware, verdict: object) -> Blocked:
@@ -380,20 +406,6 @@ def _bad_verdict(hook: Hook, fn: Middleware, verdict: object) -> Blocked:
 
 
 # --- runners -----------------------------------------------------------------------------------
-
-
-_new = object.__new__
-_set = object.__setattr__
-
-
-def _allowed(data: Any, ack_data: Any, changed: bool) -> Allowed:
-    # The generated __init__ of a frozen dataclass costs ~3x this; outcomes are built per
-    # delivery on the publish-out path, so the runners build them directly.
-    out: Allowed = _new(Allowed)
-    _set(out, "data", data)
-    _set(out, "ack_data", ack_data)
-    _set(out, "changed", changed)
-    return out
 
 
 _PUBLISH_OUT_SILENT: Final = _block_outcome(Hook.PUBLISH_OUT, SILENT)
@@ -428,7 +440,7 @@ def run_chain(chain: Sequence[Middleware], request: Request) -> Allowed | Blocke
         if isinstance(verdict, Allow):
             if verdict.data is not UNCHANGED and has_data:
                 data = verdict.data
-                current = dataclasses.replace(current, data=data)
+                current = _with_data(current, data)
             if verdict.ack_data is not UNCHANGED and request.hook is Hook.PUBLISH_IN:
                 ack_data = verdict.ack_data
         elif isinstance(verdict, Block):
@@ -467,7 +479,7 @@ async def run_chain_async(chain: Sequence[Middleware], request: Request) -> Allo
         if isinstance(verdict, Allow):
             if verdict.data is not UNCHANGED and has_data:
                 data = verdict.data
-                current = dataclasses.replace(current, data=data)
+                current = _with_data(current, data)
             if verdict.ack_data is not UNCHANGED and request.hook is Hook.PUBLISH_IN:
                 ack_data = verdict.ack_data
         elif isinstance(verdict, Block):
