@@ -67,6 +67,10 @@ from .transport.base import HandshakeRequest
 
 __all__ = [
     "ALLOW",
+    "HANDSHAKE_SC_BLOCK_CODE",
+    "HANDSHAKE_WS_BLOCK_STATUS",
+    "MIDDLEWARE_FAILED_MESSAGE",
+    "REQUEST_TYPES",
     "SILENT",
     "UNCHANGED",
     "Allow",
@@ -90,6 +94,7 @@ __all__ = [
     "allowed_origins",
     "compose",
     "is_sync_chain",
+    "json_size",
     "max_payload_size",
     "origin_allowed",
     "rate_limit",
