@@ -330,6 +330,24 @@ ECHO_VALUE = {
 }
 
 
+def acked(result: dict[str, Any]) -> bool:
+    """A successful invoke/publish that carried no data (the client resolves with undefined).
+
+    An explicit ``null`` is tolerated here; ``test_no_data_responses_omit_data`` checks it strictly.
+    """
+    return result.get("ok") is True and result.get("data") is None and set(result) <= {"ok", "data"}
+
+
+def error_message(error: Any) -> Any:
+    """The message of an error as the client saw it: the references send an object
+    ``{"message": ...}`` (the client hydrates an Error); a bare string on the wire shows up as
+    ``{"string": ...}`` and fails here."""
+    assert isinstance(error, dict) and "message" in error, (
+        f"expected an error object with a message, got {error!r}"
+    )
+    return error["message"]
+
+
 def test_connect(run: Run) -> None:
     o = run.obs("connect")
     assert o["idPresent"] is True
@@ -352,6 +370,15 @@ def test_echo_fail_badlogin(run: Run) -> None:
     assert o["authState"] == "unauthenticated"
 
 
+def test_no_data_responses_omit_data(run: Run) -> None:
+    """Procedures that "respond with no data" must not send ``"data": null``: the references send
+    ``{"rid": n}`` and the client resolves with undefined (null would be visible to applications)."""
+    login = run.obs("pubsub")["login"]
+    emit_back = run.obs("emitback")["reply"]
+    assert login == {"ok": True}
+    assert emit_back == {"ok": True}
+
+
 def test_nohandler(run: Run) -> None:
     o = run.obs("nohandler")
     assert o["result"]["ok"] is False
@@ -367,19 +394,19 @@ def test_nohandler(run: Run) -> None:
 
 def test_pubsub(run: Run) -> None:
     o = run.obs("pubsub")
-    assert o["login"] == {"ok": True}
+    assert acked(o["login"]), o["login"]
     assert o["acks"] == [True] * 20
     assert o["received"] == list(range(20))
     assert o["forbidden"]["ok"] is False
-    assert o["forbidden"]["error"]["message"] == "You are not authorized to publish to alice-room"
+    assert error_message(o["forbidden"]["error"]) == "You are not authorized to publish to alice-room"
     assert o["unauthenticated"]["ok"] is False
-    assert o["unauthenticated"]["error"]["message"] == "You are not authorized to publish to news"
+    assert error_message(o["unauthenticated"]["error"]) == "You are not authorized to publish to news"
 
 
 def test_subscribe_private(run: Run) -> None:
     o = run.obs("subscribe-private")
     assert o["privateError"] is not None
-    assert o["privateError"]["message"] == "You are not authorized to subscribe to private-x"
+    assert error_message(o["privateError"]) == "You are not authorized to subscribe to private-x"
     assert o["privateState"] == "unsubscribed"
     assert o["privateSubscribeEvent"] is False
     assert o["newsSubscribed"] is True
@@ -388,21 +415,21 @@ def test_subscribe_private(run: Run) -> None:
 
 def test_emitback(run: Run) -> None:
     o = run.obs("emitback")
-    assert o["reply"] == {"ok": True}
+    assert acked(o["reply"]), o["reply"]
     assert o["received"] == {"x": 1}
 
 
 def test_kick(run: Run) -> None:
     o = run.obs("kick")
     assert o["stateBefore"] == "subscribed"
-    assert o["reply"] == {"ok": True}
+    assert acked(o["reply"]), o["reply"]
     assert o["kickOut"] == {"channel": "news", "message": "kicked"}
     assert o["stateAfter"] == "unsubscribed"
 
 
 def test_disconnect_me(run: Run) -> None:
     o = run.obs("disconnect-me")
-    assert o["reply"] == {"ok": True}
+    assert acked(o["reply"]), o["reply"]
     # C14 reads the reason from the #disconnect packet, C20 from the close frame
     assert o["disconnect"] == {"code": 4567, "reason": "bye"}
     assert o["connectCount"] == 1, "codes >= 4500 must not trigger a reconnect"
@@ -414,7 +441,7 @@ def test_login_whoami_reconnect(run: Run) -> None:
     o = run.obs("login-whoami-reconnect")
     alice = {"username": "alice", "channels": ["news", "alice-room"], "ttl": 86400}
     assert o["firstIsAuthenticated"] is False
-    assert o["login"] == {"ok": True}
+    assert acked(o["login"]), o["login"]
     assert o["token"] == alice
     assert o["authState"] == "authenticated"
     assert o["storedTokenPresent"] is True
@@ -423,14 +450,14 @@ def test_login_whoami_reconnect(run: Run) -> None:
     assert o["reconnectAuthState"] == "authenticated"
     assert o["newsStateAfter"] == "subscribed"
     assert o["whoamiAfter"] == {"username": "alice"}
-    assert o["serverPublish"] == {"ok": True}
+    assert acked(o["serverPublish"]), o["serverPublish"]
     assert o["received"] == [{"after": "reconnect"}]
 
 
 def test_logout(run: Run) -> None:
     o = run.obs("logout")
-    assert o["login"] == {"ok": True}
-    assert o["logout"] == {"ok": True}
+    assert acked(o["login"]), o["login"]
+    assert acked(o["logout"]), o["logout"]
     assert o["removeAuthToken"] is True
     assert o["deauthenticate"] is True
     assert o["authState"] == "unauthenticated"
@@ -441,7 +468,7 @@ def test_logout(run: Run) -> None:
 
 def test_expiry(run: Run) -> None:
     o = run.obs("expiry")
-    assert o["login"] == {"ok": True}
+    assert acked(o["login"]), o["login"]
     assert o["ttl"] == 2
     assert o["deauthenticated"] is True
     assert o["removeAuthToken"] is True
@@ -485,9 +512,9 @@ def test_bad_token(run: Run) -> None:
 
 def test_secret_publish_out(run: Run) -> None:
     o = run.obs("secret-publish-out")
-    assert o["login"] == {"ok": True}
-    assert o["pub1"] == {"ok": True}
-    assert o["pub2"] == {"ok": True}
+    assert acked(o["login"]), o["login"]
+    assert acked(o["pub1"]), o["pub1"]
+    assert acked(o["pub2"]), o["pub2"]
     assert o["receivedA"] == [{"n": 2}]
     assert o["receivedC"] == [{"secret": True, "n": 1}, {"n": 2}]
 
@@ -501,11 +528,11 @@ def test_banned(run: Run) -> None:
 
 def test_reconnect_resubscribe(run: Run) -> None:
     o = run.obs("reconnect-resubscribe")
-    assert o["reply"] == {"ok": True}
+    assert acked(o["reply"]), o["reply"]
     assert o["disconnect"] == {"code": 4321, "reason": "again"}
     assert o["reconnectMs"] < 2000
     assert o["newsState"] == "subscribed"
-    assert o["serverPublish"] == {"ok": True}
+    assert acked(o["serverPublish"]), o["serverPublish"]
     assert o["received"] == [{"n": "after"}]
 
 
