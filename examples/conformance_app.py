@@ -66,11 +66,11 @@ def build_server(auth_key: str | None) -> Server:
 
     @server.handler("whoami")
     def whoami(socket: ServerSocket, _data: Any) -> Any:
-        return socket.auth_token
+        return Reply(data=socket.auth_token)  # null (not "no data") when unauthenticated
 
     @server.handler("echo")
     def echo(_socket: ServerSocket, data: Any) -> Any:
-        return data
+        return Reply(data=data)  # echo null as null
 
     @server.handler("fail")
     def fail(_socket: ServerSocket, _data: Any) -> Any:
@@ -152,31 +152,34 @@ async def main() -> None:
     port = int(os.environ.get("PORT", "8000"))
     transport = os.environ.get("TRANSPORT", "ws")
     server = build_server(os.environ.get("AUTH_KEY"))
-    async with trio.open_nursery() as nursery:
-        if transport == "trio-websocket":
-            from trio_websocket import serve_websocket
-
-            async def handler(request: Any) -> None:
-                await server.handle_trio_websocket_request(request)
-
-            ws_server = await nursery.start(
-                lambda task_status: serve_websocket(
-                    handler, host, port, ssl_context=None, task_status=task_status,
-                    handler_nursery=None,
-                )
-            )  # fmt: skip
-            bound = ws_server.port
-        elif transport == "ws":
-            listeners = await nursery.start(server.serve, host, port)
-            bound = listeners[0].socket.getsockname()[1]
-        else:
-            sys.exit(f"unknown TRANSPORT {transport!r}")
-        print(f"READY {bound}", flush=True)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await _serve(server, nursery, host, port, transport)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
 
+
+async def _serve(server: Server, nursery: trio.Nursery, host: str, port: int, transport: str) -> None:
+    """Start listening in ``nursery`` on the chosen transport and announce the port."""
+    if transport == "trio-websocket":
+        from trio_websocket import serve_websocket
+
+        async def handler(request: Any) -> None:
+            await server.handle_trio_websocket_request(request)
+
+        ws_server = await nursery.start(
+            lambda task_status: serve_websocket(
+                handler, host, port, ssl_context=None, task_status=task_status
+            )
+        )
+        bound = ws_server.port
+    elif transport == "ws":
+        listeners = await nursery.start(server.serve, host, port)
+        bound = listeners[0].socket.getsockname()[1]
+    else:
+        sys.exit(f"unknown TRANSPORT {transport!r}")
+    print(f"READY {bound}", flush=True)
 
 if __name__ == "__main__":
     trio.run(main)

@@ -187,7 +187,7 @@ async def test_kick_out_sends_kickout_and_unsubscribes(connect: ClientFactory) -
     assert got == [
         {"event": "#kickOut", "data": {"message": "you are kicked", "channel": "x"}},
         {"event": "#kickOut", "data": {"message": "you are kicked", "channel": "y"}},
-        {"rid": 9, "data": None},
+        {"rid": 9},
     ]
     assert server.broker.channels() == []
 
@@ -202,7 +202,7 @@ async def test_disconnect_with_code_and_reason(connect: ClientFactory) -> None:
     client = await connect(server)
     await client.handshake()
     await client.send_json({"event": "bye", "cid": 2})
-    assert await client.recv_json() == {"rid": 2, "data": None}
+    assert await client.recv_json() == {"rid": 2}
     assert await client.recv_json() == {"event": "#disconnect", "data": {"code": 4500, "data": "bye"}}
     closed = await client.expect_close()
     assert (closed.code, closed.reason) == (4500, "bye")
@@ -229,7 +229,7 @@ async def test_server_invokes_and_transmits_to_client(connect: ClientFactory) ->
     ask2 = await client.recv_json()
     assert ask2["cid"] == 2
     await client.send_json({"rid": 2, "error": {"name": "X", "message": "y"}})
-    assert await client.recv_json() == {"rid": 2, "data": None}
+    assert await client.recv_json() == {"rid": 2}
     assert results == ["answer", ("X", "y")]
 
 
@@ -251,7 +251,7 @@ async def test_server_invoke_times_out(
     await client.handshake()
     await client.send_json({"event": "callme", "cid": 2})
     assert await client.recv_json() == {"event": "ask", "cid": 1}
-    assert await client.recv_json() == {"rid": 2, "data": None}
+    assert await client.recv_json() == {"rid": 2}
     assert outcome == ["TimeoutError after 3s"]
 
 

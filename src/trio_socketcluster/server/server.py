@@ -147,8 +147,9 @@ class Server:
     def add_handler(self, event: str, fn: Handler) -> None:
         """Handle custom event ``event``: ``fn(socket, data)`` returns the invoke's data.
 
-        Raise a ``SocketClusterError`` (or return ``Reply(error=...)``) to answer with an
-        error. Plain functions run inline in the connection's dispatch task, in order;
+        Returning ``None`` answers without data (``{"rid": n}``, as the reference's
+        ``respond()``); return ``Reply(data=None)`` to send ``null``. Raise a
+        ``SocketClusterError`` (or return ``Reply(error=...)``) to answer with an error. Plain functions run inline in the connection's dispatch task, in order;
         ``async`` functions run in their own task in the connection's nursery, so they may
         await (a database, ``socket.invoke``) without holding up the connection.
         """

@@ -87,6 +87,11 @@ class Reply:
     error: Any = MISSING
 
 
+def _block_error(error: Any) -> Any:
+    """A middleware's plain-string error, as the client sees ``next(new Error(text))``."""
+    return {"message": error} if isinstance(error, str) else error
+
+
 class _Pending:
     __slots__ = ("data", "done", "error")
 
@@ -317,7 +322,7 @@ class ServerSocket:
             if isinstance(outcome, Blocked):
                 if outcome.bad_token:
                     self.server._emit("badAuthToken", self, outcome.error, token)
-                return False, outcome.error, outcome.bad_token
+                return False, _block_error(outcome.error), outcome.bad_token
         self._set_authenticated(payload, token)
         return True, None, False
 
@@ -402,11 +407,18 @@ class ServerSocket:
         of ``shutdown_timeout_s``.
         """
         cfg = self.server.config
+        # The writer lives in an outer nursery: ending the connection cancels the protocol
+        # tasks, never a write in progress; it returns once the transport is closed below.
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._transport.run_writer)
+            await self._run_protocol_tasks()
+
+    async def _run_protocol_tasks(self) -> None:
+        cfg = self.server.config
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(self._transport.run_writer)
                     nursery.start_soon(self._handshake_timer)
                     nursery.start_soon(self._expiry_watcher)
                     await self._dispatch_loop()
@@ -592,7 +604,7 @@ class ServerSocket:
             )
             if isinstance(outcome, Blocked):
                 code = outcome.status_code or 4008
-                error = dehydrate_error(outcome.error)
+                error = dehydrate_error(_block_error(outcome.error))
                 if isinstance(error, dict):
                     error["statusCode"] = code
                 self._respond(packet.cid, data={"code": code}, error=error)
@@ -661,7 +673,7 @@ class ServerSocket:
                 ),
             )  # fmt: skip
             if isinstance(outcome, Blocked):
-                self._respond(cid, error=outcome.error)
+                self._respond(cid, error=_block_error(outcome.error))
                 return
             data = outcome.data
         entry = server._handlers.get(packet.event)
@@ -685,7 +697,7 @@ class ServerSocket:
             log.exception("handler for %r raised", packet.event)
             self._respond(cid, error=errors.UnknownError("The handler failed"))
             return
-        self._respond(cid, data=None if result is None else result)
+        self._respond(cid, data=MISSING if result is None else result)
 
     async def _run_async_handler(
         self,
@@ -704,7 +716,7 @@ class ServerSocket:
                 log.exception("handler for %r raised", event)
                 self._respond(cid, error=errors.UnknownError("The handler failed"))
                 return
-            self._respond(cid, data=None if result is None else result)
+            self._respond(cid, data=MISSING if result is None else result)
         finally:
             self._handler_slots.release()
 
@@ -752,7 +764,7 @@ class ServerSocket:
                 ),
             )  # fmt: skip
             if isinstance(outcome, Blocked):
-                self._respond(cid, error=outcome.error)
+                self._respond(cid, error=_block_error(outcome.error))
                 return
         if self._closing:
             return
@@ -809,7 +821,7 @@ class ServerSocket:
                 ),
             )  # fmt: skip
             if isinstance(outcome, Blocked):
-                self._respond(cid, error=outcome.error)
+                self._respond(cid, error=_block_error(outcome.error))
                 return
             data = outcome.data
             if outcome.ack_data is not UNCHANGED:
