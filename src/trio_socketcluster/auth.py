@@ -397,9 +397,9 @@ class AuthEngine:
     ) -> None:
         if not isinstance(keyring, Keyring):
             raise InvalidOptionsError("keyring must be a Keyring")
-        allowed = [algorithm] if verify_algorithms is None else list(verify_algorithms)
         if isinstance(verify_algorithms, str | bytes):
             raise InvalidOptionsError("verify_algorithms must be a sequence of names")
+        allowed = [algorithm] if verify_algorithms is None else list(verify_algorithms)
         if not allowed:
             raise InvalidOptionsError("verify_algorithms must not be empty")
         for name in [algorithm, *allowed]:
