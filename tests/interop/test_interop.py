@@ -10,6 +10,8 @@ Which server is tested is chosen with the ``SC_INTEROP_SERVER`` environment vari
 * ``node14`` / ``node19``: only that reference app and only its matching client major (the other
   major is skipped: a v20 client against a protocol-1 server is a protocol mismatch).
 
+Set ``SC_INTEROP_DUMP=<dir>`` to write every observation to ``<dir>/<server>-c<major>.json``.
+
 All scenarios for one (server, client major) run concurrently in the first test that needs them
 (``tests/interop/scenarios.js`` prints one JSON line each); every test then asserts on its own line.
 Where our server intentionally differs from the references (no-handler invokes are answered at once,
@@ -266,6 +268,11 @@ class Servers:
                 out[name] = {"crash": proc.returncode, "stdout": stdout, "stderr": stderr[-4000:]}
             else:
                 out[name] = json.loads(lines[-1])
+        dump_dir = os.environ.get("SC_INTEROP_DUMP")
+        if dump_dir:
+            Path(dump_dir).mkdir(parents=True, exist_ok=True)
+            dump = Path(dump_dir) / f"{server.key}-c{major}.json"
+            dump.write_text(json.dumps(out, indent=1, sort_keys=True))
         return out
 
     def close(self) -> None:
