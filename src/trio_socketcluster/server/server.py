@@ -28,6 +28,7 @@ import base64
 import contextlib
 import inspect
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -109,9 +110,23 @@ class Server:
     def _make_auth(cfg: ServerConfig) -> AuthEngine:
         if cfg.auth_public_key is not None:
             keyring = Keyring.asymmetric(cfg.auth_private_key, cfg.auth_public_key)
-            algorithm = cfg.auth_algorithm or "RS256"
+            if cfg.auth_algorithm is None:  # the algorithm that fits the key
+                for algorithm in ("RS256", "ES256", "ES384", "ES512", "EdDSA"):
+                    try:
+                        return AuthEngine(
+                            keyring,
+                            algorithm=algorithm,
+                            default_expiry_s=cfg.auth_default_expiry_s,
+                            leeway_s=cfg.auth_leeway_s,
+                        )
+                    except InvalidOptionsError:
+                        continue
+                raise InvalidOptionsError("no supported algorithm fits auth_public_key")
+            algorithm = cfg.auth_algorithm
         else:
             key = cfg.auth_key
+            if key is None:
+                key = os.environ.get("TRIO_SOCKETCLUSTER_AUTH_KEY") or None
             if key is None:
                 key = secrets.token_hex(32)
                 log.warning(
