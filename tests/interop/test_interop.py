@@ -3,8 +3,8 @@ against the conformance application (see ``/work/shared/spec/conformance-app.md`
 
 Which server is tested is chosen with the ``SC_INTEROP_SERVER`` environment variable:
 
-* unset / ``python``: ``examples/conformance_app.py`` (ours), once with ``TRANSPORT=ws`` and once with
-  ``TRANSPORT=trio-websocket``; both client majors.
+* unset / ``python``: ``examples/conformance_app.py`` (ours), once with ``TRANSPORT=ws`` and once
+  with ``TRANSPORT=trio-websocket``; both client majors.
 * ``node``: the Node reference apps, ``benchmarks/node/conformance14.js`` for client 14 and
   ``conformance19.js`` for client 20 (the protocol-matched pairs).
 * ``node14`` / ``node19``: only that reference app and only its matching client major (the other
@@ -232,7 +232,9 @@ class Servers:
             self.servers[key] = _start_server(key, self.tmp)
         server = self.servers[key]
         if server.proc.poll() is not None:
-            pytest.fail(f"{key} server died (exit {server.proc.returncode}):\n{server.stderr_tail()}")
+            pytest.fail(
+                f"{key} server died (exit {server.proc.returncode}):\n{server.stderr_tail()}"
+            )
         return server
 
     def results(self, key: str, major: int) -> dict[str, dict[str, Any]]:
@@ -379,7 +381,7 @@ def test_echo_fail_badlogin(run: Run) -> None:
 
 def test_no_data_responses_omit_data(run: Run) -> None:
     """Procedures that "respond with no data" must not send ``"data": null``: the references send
-    ``{"rid": n}`` and the client resolves with undefined (null would be visible to applications)."""
+    ``{"rid": n}`` and the client resolves with undefined (null would be visible to apps)."""
     login = run.obs("pubsub")["login"]
     emit_back = run.obs("emitback")["reply"]
     assert login == {"ok": True}
@@ -405,9 +407,11 @@ def test_pubsub(run: Run) -> None:
     assert o["acks"] == [True] * 20
     assert o["received"] == list(range(20))
     assert o["forbidden"]["ok"] is False
-    assert error_message(o["forbidden"]["error"]) == "You are not authorized to publish to alice-room"
+    forbidden = error_message(o["forbidden"]["error"])
+    assert forbidden == "You are not authorized to publish to alice-room"
     assert o["unauthenticated"]["ok"] is False
-    assert error_message(o["unauthenticated"]["error"]) == "You are not authorized to publish to news"
+    anonymous = error_message(o["unauthenticated"]["error"])
+    assert anonymous == "You are not authorized to publish to news"
 
 
 def test_subscribe_private(run: Run) -> None:
