@@ -5,6 +5,10 @@ to every subscriber of the channel, in this process and (for distributed brokers
 Methods are synchronous and never block: ``publish`` either hands the message on (local
 fan-out happens before it returns, for the in-process broker) or raises ``BrokerError``.
 
+A broker that needs background tasks (a connection to Redis) also has
+``async def run(self, *, task_status)``; the server starts it in its own nursery before
+serving (``Server.start_broker``).
+
 A subscriber is anything with ``deliver(channel, data, message)``, where ``message`` is the
 ``#publish`` packet already encoded once for all receivers.
 """

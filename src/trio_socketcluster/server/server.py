@@ -346,7 +346,18 @@ class Server:
         async def handle(stream: trio.SocketStream) -> None:
             await self.handle_stream(stream)
 
-        await trio.serve_listeners(handle, listeners, task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            await self.start_broker(nursery)
+            await nursery.start(trio.serve_listeners, handle, listeners)
+            task_status.started(listeners)
+
+    async def start_broker(self, nursery: trio.Nursery) -> None:
+        """Start the broker's background tasks (if it has any, as the Redis broker does) in
+        ``nursery``. ``serve`` does this; call it yourself when you only use
+        ``handle_stream``/``handle_trio_websocket_request``."""
+        run = getattr(self.broker, "run", None)
+        if run is not None:
+            await nursery.start(run)
 
     def run(self, host: str | None = "127.0.0.1", port: int = 8000) -> None:
         """Serve forever in a new trio run; Ctrl+C shuts down gracefully."""
