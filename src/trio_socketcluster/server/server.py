@@ -55,6 +55,7 @@ from ..middleware import (
 )
 from ..transport.base import HandshakeRequest, Rejection, Transport
 from ..transport.ws import accept_websocket
+from .http import HttpHandler
 from .socket import ServerSocket
 
 __all__ = ["Handler", "Server"]
@@ -105,6 +106,8 @@ class Server:
         self._sockets: dict[str, ServerSocket] = {}
         self._now = now
         self._clock_offset: float | None = None
+        #: Answers plain HTTP requests on the port (see ``server.http.static_files``).
+        self.http_handler: HttpHandler | None = None
 
     @staticmethod
     def _make_auth(cfg: ServerConfig) -> AuthEngine:
@@ -292,6 +295,7 @@ class Server:
                 stream,
                 path=cfg.path,
                 check=self._upgrade_check,
+                http_handler=self.http_handler,
                 max_message_bytes=cfg.max_payload_bytes,
                 max_buffer_bytes=cfg.max_buffer_bytes,
                 upgrade_timeout_s=cfg.handshake_timeout_s,
