@@ -160,7 +160,9 @@ async def main() -> None:
                 break
 
 
-async def _serve(server: Server, nursery: trio.Nursery, host: str, port: int, transport: str) -> None:
+async def _serve(
+    server: Server, nursery: trio.Nursery, host: str, port: int, transport: str
+) -> None:
     """Start listening in ``nursery`` on the chosen transport and announce the port."""
     if transport == "trio-websocket":
         from trio_websocket import serve_websocket
@@ -180,6 +182,7 @@ async def _serve(server: Server, nursery: trio.Nursery, host: str, port: int, tr
     else:
         sys.exit(f"unknown TRANSPORT {transport!r}")
     print(f"READY {bound}", flush=True)
+
 
 if __name__ == "__main__":
     trio.run(main)

@@ -8,10 +8,9 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from wsclient import RawClient, new_client
 
 from trio_socketcluster import Server
-
-from wsclient import RawClient, new_client
 
 AUTH_KEY = "test-auth-key"
 

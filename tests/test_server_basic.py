@@ -58,7 +58,10 @@ async def test_handshake_reply_and_probe_pings(connect: ClientFactory) -> None:
 async def test_rpc_results_errors_and_no_handler(connect: ClientFactory) -> None:
     client = await connect(make_app())
     await client.handshake()
-    assert await client.invoke("echo", {"a": [1, "x"]}, cid=2) == {"rid": 2, "data": {"a": [1, "x"]}}
+    assert await client.invoke("echo", {"a": [1, "x"]}, cid=2) == {
+        "rid": 2,
+        "data": {"a": [1, "x"]},
+    }
     assert await client.invoke("fail", cid=3) == {
         "rid": 3,
         "error": {"name": "CustomError", "message": "it failed", "extra": 1},
@@ -203,7 +206,10 @@ async def test_disconnect_with_code_and_reason(connect: ClientFactory) -> None:
     await client.handshake()
     await client.send_json({"event": "bye", "cid": 2})
     assert await client.recv_json() == {"rid": 2}
-    assert await client.recv_json() == {"event": "#disconnect", "data": {"code": 4500, "data": "bye"}}
+    assert await client.recv_json() == {
+        "event": "#disconnect",
+        "data": {"code": 4500, "data": "bye"},
+    }
     closed = await client.expect_close()
     assert (closed.code, closed.reason) == (4500, "bye")
 

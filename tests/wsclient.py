@@ -6,6 +6,7 @@ can see exactly what is on the wire, including pings and close frames.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import deque
 from typing import Any
@@ -62,7 +63,7 @@ class RawClient:
             data = await self.stream.receive_some(65536)
             if not data:
                 raise Rejected(status or 0, body)
-            self.ws.receive_data(data)
+            self.ws.receive_data(bytes(data))
             for event in self.ws.events():
                 if isinstance(event, AcceptConnection):
                     return
@@ -117,7 +118,7 @@ class RawClient:
             if not data:
                 self.closed = self.closed or Closed(1006, "")
                 raise self.closed
-            self.ws.receive_data(data)
+            self.ws.receive_data(bytes(data))
             for event in self.ws.events():
                 self._handle(event)
         return self.inbox.popleft()
@@ -161,10 +162,8 @@ class RawClient:
     others: list[Any]
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        try:
+        with contextlib.suppress(Exception):
             await self.stream.send_all(self.ws.send(CloseConnection(code=code, reason=reason)))
-        except Exception:
-            pass
         await trio.aclose_forcefully(self.stream)
 
 

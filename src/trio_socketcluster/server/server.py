@@ -167,8 +167,9 @@ class Server:
 
         Returning ``None`` answers without data (``{"rid": n}``, as the reference's
         ``respond()``); return ``Reply(data=None)`` to send ``null``. Raise a
-        ``SocketClusterError`` (or return ``Reply(error=...)``) to answer with an error. Plain functions run inline in the connection's dispatch task, in order;
-        ``async`` functions run in their own task in the connection's nursery, so they may
+        ``SocketClusterError`` (or return ``Reply(error=...)``) to answer with an error.
+        Plain functions run inline in the connection's dispatch task, in order; ``async``
+        functions run in their own task in the connection's nursery, so they may
         await (a database, ``socket.invoke``) without holding up the connection.
         """
         if not isinstance(event, str) or not event:

@@ -408,7 +408,6 @@ class ServerSocket:
         Cancellation (server shutdown) closes the socket with 1001 under a shielded deadline
         of ``shutdown_timeout_s``.
         """
-        cfg = self.server.config
         # The writer lives in an outer nursery: ending the connection cancels the protocol
         # tasks, never a write in progress; it returns once the transport is closed below.
         async with trio.open_nursery() as outer:
