@@ -1,0 +1,314 @@
+"""The HTTP login flow end to end: ``examples/http_login.py`` in a subprocess, a real HTTP
+request (urllib) for the token, then the real npm ``socketcluster-client`` v14 (protocol 1) and
+v20 (protocol 2) connecting with that token in its token storage (``tests/interop/http_login.js``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import queue
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trio_socketcluster import AuthEngine, Keyring
+
+pytestmark = pytest.mark.interop
+
+REPO = Path(__file__).resolve().parent.parent
+APP = REPO / "examples" / "http_login.py"
+INTEROP = REPO / "tests" / "interop"
+CLIENT_JS = INTEROP / "http_login.js"
+READY_TIMEOUT_S = 20.0
+CLIENT_TIMEOUT_S = 30.0
+
+
+@dataclass
+class App:
+    proc: subprocess.Popen[str]
+    http_port: int
+    ws_port: int
+    auth_key: str
+    stderr_path: Path
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/socketcluster/"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
+    with stream:
+        for line in stream:
+            lines.put(line)
+    lines.put(None)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    pytest.importorskip("hypercorn", reason="examples/http_login.py needs hypercorn")
+    auth_key = secrets.token_hex(16)
+    env = dict(
+        os.environ,
+        HTTP_PORT="0",
+        WS_PORT="0",
+        AUTH_KEY=auth_key,
+        HOST="127.0.0.1",
+        PYTHONUNBUFFERED="1",
+    )
+    stderr_path = tmp_path_factory.mktemp("http-login") / "stderr"
+    with open(stderr_path, "w") as stderr_file:
+        proc = subprocess.Popen(
+            [sys.executable, str(APP)],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+        )
+    lines: queue.Queue[str | None] = queue.Queue()
+    pump = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
+    pump.start()
+    running: App | None = None
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while running is None:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                line = None
+            if line is None:
+                pytest.fail(
+                    f"http_login.py did not print READY (exit {proc.poll()}):\n"
+                    f"{stderr_path.read_text(errors='replace')[-4000:]}"
+                )
+            if line.startswith("READY "):
+                _, http_port, ws_port = line.split()
+                running = App(proc, int(http_port), int(ws_port), auth_key, stderr_path)
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        pump.join(timeout=5)
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{running.stderr()[-4000:]}"
+    assert "Traceback" not in running.stderr(), running.stderr()[-4000:]
+
+
+def _needs_install() -> bool:
+    marker = INTEROP / "node_modules" / ".package-lock.json"
+    lock = INTEROP / "package-lock.json"
+    return not marker.exists() or marker.stat().st_mtime < lock.stat().st_mtime
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    """The node executable, with the npm clients installed (``npm ci``, as test_interop does)."""
+    node_path, npm_path = shutil.which("node"), shutil.which("npm")
+    if node_path is None or npm_path is None:
+        pytest.skip("node and npm are needed for the interop tests")
+    if _needs_install():
+        lock_path = Path(tempfile.gettempdir()) / f"sc-interop-npm-{os.getuid()}.lock"
+        with open(lock_path, "w") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                if _needs_install():
+                    proc = subprocess.run(
+                        [npm_path, "ci", "--no-audit", "--no-fund"],
+                        cwd=INTEROP,
+                        capture_output=True,
+                        text=True,
+                        timeout=300,
+                        check=False,
+                    )
+                    if proc.returncode != 0:
+                        pytest.fail(f"npm ci failed:\n{proc.stdout}\n{proc.stderr}")
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+    return node_path
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+def http(
+    app: App, path: str = "/login", body: bytes | None = None, method: str = "POST"
+) -> HttpResponse:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{app.http_port}{path}",
+        data=body,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, headers, raw = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            status, headers, raw = error.code, dict(error.headers), error.read()
+    return HttpResponse(status, {k.lower(): v for k, v in headers.items()}, json.loads(raw))
+
+
+def login(app: App, username: str, password: str) -> HttpResponse:
+    return http(app, body=json.dumps({"username": username, "password": password}).encode())
+
+
+def token_for(app: App, username: str) -> str:
+    response = login(app, username, f"{username}-pass")
+    assert response.status == 200, response
+    token = response.body["token"]
+    assert isinstance(token, str)
+    return token
+
+
+def test_login_returns_a_token_signed_with_the_shared_key(app: App) -> None:
+    before = time.time()
+    response = login(app, "alice", "alice-pass")
+    assert response.status == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["cache-control"] == "no-store"
+    assert set(response.body) == {"token"}
+    engine = AuthEngine(Keyring.symmetric(app.auth_key))
+    claims = engine.verify(response.body["token"], now=time.time())
+    assert claims["username"] == "alice"
+    assert claims["channels"] == ["news", "alice-room"]
+    assert before - 1 <= claims["iat"] <= time.time() + 1
+    assert claims["exp"] - claims["iat"] == 86400  # the default expiry
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"username": "alice", "password": "wrong"},
+        {"username": "alice", "password": "bob-pass"},
+        {"username": "mallory", "password": "alice-pass"},
+        {"username": "alice"},
+        {"username": "alice", "password": None},
+        {},
+    ],
+)
+def test_wrong_credentials_get_401(app: App, credentials: dict[str, Any]) -> None:
+    response = http(app, body=json.dumps(credentials).encode())
+    assert response.status == 401
+    assert response.body == {"error": "Login failed"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/login", None, 405),
+        ("POST", "/login", b"not json", 400),
+        ("POST", "/login", b'["alice", "alice-pass"]', 400),
+        ("POST", "/login", b"\xff\xfe", 400),
+        ("POST", "/elsewhere", b"{}", 404),
+        ("POST", "/login", b" " * (17 * 1024), 413),
+    ],
+)
+def test_malformed_requests(
+    app: App, method: str, path: str, body: bytes | None, status: int
+) -> None:
+    response = http(app, path, body, method)
+    assert response.status == status
+    assert isinstance(response.body["error"], str)
+
+
+# ---------------------------------------------------------------------------------------------
+# The npm clients
+
+
+def run_client(node: str, app: App, major: int, token: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [node, str(CLIENT_JS), str(major), app.ws_url, token],
+        cwd=INTEROP,
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT_S,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0 and lines, f"http_login.js failed:\n{proc.stdout}\n{proc.stderr}"
+    obs: dict[str, Any] = json.loads(lines[-1])
+    assert not obs.get("timedOut"), obs
+    return obs
+
+
+@pytest.mark.parametrize("major", [14, 20], ids=["c14", "c20"])
+@pytest.mark.parametrize("username", ["alice", "bob"])
+def test_client_is_authenticated_in_the_handshake(
+    node: str, app: App, major: int, username: str
+) -> None:
+    obs = run_client(node, app, major, token_for(app, username))
+    assert obs["connect"] == {"isAuthenticated": True, "authError": None}
+    assert obs["authState"] == "authenticated"
+    assert obs["authToken"] == {"username": username}
+    assert obs["whoami"] == {"ok": True, "data": {"username": username}}
+    # The token's channels drive the publish-in middleware (the seed's example).
+    assert obs["publishNews"] == {"ok": True}
+    if username == "alice":
+        assert obs["publishForbidden"] == {"ok": True}
+    else:
+        assert obs["publishForbidden"] == {
+            "ok": False,
+            "error": {
+                "name": "Error",
+                "message": "You are not authorized to publish to alice-room",
+            },
+        }
+    assert obs["stored"] is True
+    assert obs["removed"] is False
+    assert obs["events"] == ["authenticate", "connect"]  # auth events fire before connect
+
+
+@pytest.mark.parametrize("major", [14, 20], ids=["c14", "c20"])
+def test_client_without_token_is_not_authenticated(node: str, app: App, major: int) -> None:
+    obs = run_client(node, app, major, "")
+    assert obs["connect"] == {"isAuthenticated": False, "authError": None}
+    assert obs["whoami"] == {"ok": True, "data": None}
+    assert obs["publishNews"]["ok"] is False
+    assert obs["removed"] is False
+
+
+@pytest.mark.parametrize("major", [14, 20], ids=["c14", "c20"])
+def test_token_signed_with_another_key_is_refused_and_removed(
+    node: str, app: App, major: int
+) -> None:
+    other = AuthEngine(Keyring.symmetric(secrets.token_hex(16)))
+    forged = other.sign({"username": "alice", "channels": ["news"]}, now=time.time())
+    obs = run_client(node, app, major, forged)
+    assert obs["connect"] == {
+        "isAuthenticated": False,
+        "authError": {"name": "AuthTokenInvalidError", "message": "invalid signature"},
+    }
+    assert obs["whoami"] == {"ok": True, "data": None}
+    assert obs["removed"] is True  # #removeAuthToken: the client drops the bad token
+    assert "removeAuthToken" in obs["events"]
