@@ -106,10 +106,15 @@ def _loads(text: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         pass
-    try:  # orjson refuses some valid JSON (integers beyond 64 bits): try the slow parser
-        return json.loads(text)
+    try:  # orjson refuses some valid JSON (numbers beyond a double, 1e400): the slow parser
+        return json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError):
         return MISSING
+
+
+def _not_json(name: str) -> Any:
+    """``NaN``/``Infinity`` are not JSON (``JSON.parse`` refuses them): the text is raw."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _packet(value: Any) -> Inbound:
