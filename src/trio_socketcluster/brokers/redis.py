@@ -1,0 +1,512 @@
+"""The Redis broker: publishes cross processes over Redis pub/sub (the only module that imports
+a Redis client, coredis, which runs on Trio through anyio).
+
+What it owns:
+
+* the local table, a ``LocalBroker``: local publishes fan out at once through it, and so do
+  messages that arrive from other processes (encoded once per process);
+* **one Redis subscription per channel per process**, however many local sockets subscribe:
+  the first local subscriber makes the subscriber task ``SUBSCRIBE``, the last one leaving
+  makes it ``UNSUBSCRIBE`` (the count is the local table's);
+* a **bounded outbound queue** (``max_queue`` messages): ``publish`` is synchronous, delivers
+  to local subscribers, then enqueues the cluster copy; the publisher task drains the queue in
+  pipelined batches. When Redis is unreachable or the queue is full, ``publish`` raises
+  ``BrokerError`` *after* the local delivery: the error means "not sent to other processes";
+* **the bus format**: every Redis message is JSON, ``{"s":"<hex HMAC>","b":<body>}``, where the
+  body is compact JSON ``{"v":1,"o":origin,"n":seq,"t":ms,"k":"p"|"c",...}`` and the HMAC is
+  HMAC-SHA256 over the body's exact bytes, keyed by the cluster key (derived from a shared
+  secret with a fixed label, so the bus key is never the JWT key). A receiver checks the
+  signature, the version, the age (``max_skew_s``) and that ``n`` grows per origin (no
+  replay); what fails is dropped and counted in ``stats``. Its own messages (echoes) are
+  skipped: local subscribers already had them;
+* **faults**: a lost connection is re-established with exponential backoff (``reconnect_min_s``
+  to ``reconnect_max_s``, with jitter); every held channel is subscribed again. Messages
+  published while a process is disconnected are lost for it: Redis pub/sub is at-most-once.
+
+Cluster commands (``Server.deauthenticate_user`` ...) travel on one control channel, signed the
+same way, in order with the publishes of the same process; the server registers the function
+that applies them with ``set_command_handler``.
+
+``run(task_status=...)`` is started by ``Server.serve`` (``Server.start_broker``); cancelling it
+closes the Redis connections, drops what is still queued, and leaves the local table as it is.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import random
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import anyio
+import coredis
+import coredis.exceptions
+import coredis.retry
+import orjson
+import trio
+
+from ..errors import BrokerError, InvalidOptionsError
+from ..protocol.codec import encode
+from .base import Subscriber
+from .local import LocalBroker, publish_message
+
+__all__ = ["CLUSTER_KEY_ENV", "BrokerStats", "RedisBroker", "derive_bus_key"]
+
+log = logging.getLogger("trio_socketcluster.redis")
+
+CLUSTER_KEY_ENV: Final = "TRIO_SOCKETCLUSTER_CLUSTER_KEY"
+_LABEL: Final = b"trio-socketcluster bus v1"
+_HEAD: Final = b'{"s":"'
+_MID: Final = b'","b":'
+_SIG_END: Final = len(_HEAD) + 64
+_BODY_START: Final = _SIG_END + len(_MID)
+_MAX_ORIGINS: Final = 4096
+_BATCH: Final = 512
+
+CommandHandler = Callable[[str, Mapping[str, Any]], Any]
+
+
+def derive_bus_key(secret: str | bytes) -> bytes:
+    """The HMAC key of the bus, derived from a shared secret (the cluster or the auth key)."""
+    raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    if not raw:
+        raise InvalidOptionsError("the cluster key must not be empty")
+    return hmac.digest(raw, _LABEL, "sha256")
+
+
+@dataclass(slots=True)
+class BrokerStats:
+    """Counters since the broker was made (read them; ``as_dict()`` for JSON)."""
+
+    published: int = 0  #: cluster copies enqueued by ``publish``
+    sent: int = 0  #: messages written to Redis (publishes and commands)
+    lost: int = 0  #: enqueued messages dropped because Redis failed before they were sent
+    rejected: int = 0  #: ``publish``/commands refused with ``BrokerError`` (down, queue full)
+    received: int = 0  #: publishes from other processes fanned out locally
+    commands: int = 0  #: commands from other processes applied
+    echoes: int = 0  #: our own messages coming back from Redis (skipped)
+    dropped_bad_signature: int = 0
+    dropped_malformed: int = 0
+    dropped_stale: int = 0  #: timestamp further than ``max_skew_s`` from our clock
+    dropped_replayed: int = 0  #: sequence number not above the last one seen from its origin
+    reconnects: int = 0  #: connections re-established after a failure
+
+    @property
+    def dropped(self) -> int:
+        """Every bus message refused on arrival."""
+        return (
+            self.dropped_bad_signature
+            + self.dropped_malformed
+            + self.dropped_stale
+            + self.dropped_replayed
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        out = asdict(self)
+        out["dropped"] = self.dropped
+        return out
+
+
+class RedisBroker:
+    """A ``Broker`` that reaches the subscribers of every process sharing one Redis.
+
+    ``RedisBroker(client, cluster_key=...)`` takes a ``coredis.Redis`` client (give it
+    ``retry_policy=NoRetryPolicy()``: the broker retries itself); ``from_url`` builds one.
+    ``channel_prefix`` namespaces the Redis channels (pub/sub ignores database numbers, so
+    ``from_url`` puts the database number in the default prefix).
+    """
+
+    def __init__(
+        self,
+        client: coredis.Redis[bytes],
+        *,
+        cluster_key: str | bytes,
+        channel_prefix: str = "tsc:0:",
+        max_queue: int = 10_000,
+        max_skew_s: float = 60.0,
+        reconnect_min_s: float = 0.05,
+        reconnect_max_s: float = 5.0,
+        send_timeout_s: float = 5.0,
+        origin: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_queue < 1:
+            raise InvalidOptionsError("max_queue must be at least 1")
+        self.local = LocalBroker()
+        self.stats = BrokerStats()
+        self.origin = origin or f"{os.getpid()}-{secrets.token_hex(6)}"
+        self._client = client
+        self._key = derive_bus_key(cluster_key)
+        self._prefix = channel_prefix
+        self._control = f"{channel_prefix}ctl".encode()
+        self._max_queue = max_queue
+        self._max_skew_ms = max_skew_s * 1000.0
+        self._reconnect = (reconnect_min_s, reconnect_max_s)
+        self._send_timeout_s = send_timeout_s
+        self._clock = clock
+        self._seq = 0
+        self._seen: dict[str, int] = {}
+        self._queue: deque[tuple[bytes, bytes]] = deque()
+        self._queue_changed = trio.Event()
+        self._up = False  # the publisher's connection works (publish accepts)
+        self._up_changed = trio.Event()
+        self._held: dict[str, None] = {}  # channels with local subscribers, in order
+        self._active: set[str] = set()  # channels subscribed on the current Redis connection
+        self._subs_changed = trio.Event()
+        self._idle = trio.Event()  # set while Redis subscriptions match ``_held``
+        self._command_handler: CommandHandler | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        cluster_key: str | bytes | None = None,
+        connect_timeout_s: float = 2.0,
+        **options: Any,
+    ) -> RedisBroker:
+        """A broker for ``redis://[user:password@]host:port/db`` (or ``rediss://``, ``unix://``).
+
+        ``cluster_key`` (else ``$TRIO_SOCKETCLUSTER_CLUSTER_KEY``) signs the bus messages;
+        every process of the cluster needs the same one. Other keyword arguments go to
+        ``RedisBroker``.
+        """
+        key = cluster_key if cluster_key is not None else os.environ.get(CLUSTER_KEY_ENV)
+        if not key:
+            raise InvalidOptionsError(
+                f"a Redis broker needs a cluster key shared by every process: pass auth_key "
+                f"(the bus key is derived from it) or set ${CLUSTER_KEY_ENV}"
+            )
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise InvalidOptionsError(f"not a Redis URL: {url!r}")
+        db = parts.path.strip("/") if parts.scheme != "unix" else ""
+        options.setdefault("channel_prefix", f"tsc:{db or 0}:")
+        client = coredis.Redis.from_url(
+            url,
+            retry_policy=coredis.retry.NoRetryPolicy(),
+            connect_timeout=connect_timeout_s,
+        )
+        return cls(client, cluster_key=key, **options)
+
+    # ------------------------------------------------------------------ Broker interface
+
+    def subscribe(self, channel: str, subscriber: Subscriber) -> None:
+        self.local.subscribe(channel, subscriber)
+        if channel not in self._held:
+            self._held[channel] = None
+            self._changed()
+
+    def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
+        self.local.unsubscribe(channel, subscriber)
+        if channel in self._held and not self.local.subscribers(channel):
+            del self._held[channel]
+            self._changed()
+
+    def publish(self, channel: str, data: Any) -> None:
+        """Deliver to local subscribers, then enqueue the copy for the other processes.
+
+        ``TypeError`` (nothing delivered) if ``data`` has no JSON form; ``BrokerError`` (local
+        subscribers served, other processes not) when Redis is unreachable or the queue full.
+        """
+        message = publish_message(channel, data)
+        self.local.fan_out(channel, data, message)
+        self._enqueue(self._data_channel(channel), {"k": "p", "c": channel, "d": data})
+        self.stats.published += 1
+
+    def subscribers(self, channel: str) -> int:
+        return self.local.subscribers(channel)
+
+    def channels(self) -> list[str]:
+        return self.local.channels()
+
+    # ------------------------------------------------------------------ cluster commands
+
+    def set_command_handler(self, handler: CommandHandler | None) -> None:
+        """``handler(op, args)`` applies commands that other processes send (``send_command``)."""
+        self._command_handler = handler
+
+    def send_command(self, op: str, args: Mapping[str, Any]) -> None:
+        """Send a command to every *other* process (the caller applies it locally itself).
+        ``BrokerError`` when Redis is unreachable or the queue full."""
+        self._enqueue(self._control, {"k": "c", "op": op, "a": dict(args)})
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def connected(self) -> bool:
+        """Whether publishes are currently accepted for the other processes."""
+        return self._up
+
+    async def wait_connected(self) -> None:
+        """Return once the publisher's connection works."""
+        while not self._up:
+            await self._up_changed.wait()
+
+    async def wait_synced(self) -> None:
+        """Return once every channel held locally is subscribed on Redis (and the connection
+        up). A subscription becomes live one Redis round trip after the first local subscriber
+        arrives: publishes from other processes in between are not seen."""
+        while True:
+            idle = self._idle
+            if idle.is_set() and self._in_sync():
+                return
+            if idle.is_set():
+                self._idle = trio.Event()
+                continue
+            await idle.wait()
+
+    def _in_sync(self) -> bool:
+        return self._up and self._active == self._held.keys()
+
+    def _changed(self) -> None:
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        self._subs_changed.set()
+
+    # ------------------------------------------------------------------ bus encoding
+
+    def _data_channel(self, channel: str) -> bytes:
+        return f"{self._prefix}c:{channel}".encode()
+
+    def _enqueue(self, redis_channel: bytes, fields: dict[str, Any]) -> None:
+        if not self._up:
+            self.stats.rejected += 1
+            raise BrokerError("Redis is unreachable: not sent to the other processes")
+        if len(self._queue) >= self._max_queue:
+            self.stats.rejected += 1
+            raise BrokerError("The broker's outbound queue is full: not sent to other processes")
+        self._seq += 1
+        body = encode(
+            {"v": 1, "o": self.origin, "n": self._seq, "t": int(self._clock() * 1000), **fields}
+        )
+        self._queue.append((redis_channel, self._sign(body)))
+        self._queue_changed.set()
+
+    def _sign(self, body: bytes) -> bytes:
+        sig = hmac.digest(self._key, body, "sha256").hex().encode("ascii")
+        return b"".join((_HEAD, sig, _MID, body, b"}"))
+
+    def receive(self, raw: bytes) -> None:
+        """Handle one bus message as it came from Redis (public for tests and tools)."""
+        stats = self.stats
+        if (
+            len(raw) < _BODY_START + 3
+            or not raw.startswith(_HEAD)
+            or raw[_SIG_END:_BODY_START] != _MID
+            or not raw.endswith(b"}")
+        ):
+            stats.dropped_malformed += 1
+            return
+        body = raw[_BODY_START:-1]
+        expected = hmac.digest(self._key, body, "sha256").hex().encode("ascii")
+        if not hmac.compare_digest(expected, raw[len(_HEAD) : _SIG_END]):
+            stats.dropped_bad_signature += 1
+            return
+        try:
+            msg = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            try:  # integers beyond 64 bits
+                msg = json.loads(body)
+            except ValueError:
+                stats.dropped_malformed += 1
+                return
+        if not isinstance(msg, dict) or msg.get("v") != 1:
+            stats.dropped_malformed += 1
+            return
+        origin, seq, ts, kind = msg.get("o"), msg.get("n"), msg.get("t"), msg.get("k")
+        if (
+            not isinstance(origin, str)
+            or type(seq) is not int
+            or not isinstance(ts, int | float)
+            or kind not in ("p", "c")
+        ):
+            stats.dropped_malformed += 1
+            return
+        if origin == self.origin:
+            stats.echoes += 1
+            return
+        if abs(self._clock() * 1000 - ts) > self._max_skew_ms:
+            stats.dropped_stale += 1
+            return
+        last = self._seen.pop(origin, None)
+        if last is not None and seq <= last:
+            self._seen[origin] = last
+            stats.dropped_replayed += 1
+            return
+        self._seen[origin] = seq  # re-inserted last: the dict is in least-recent order
+        if len(self._seen) > _MAX_ORIGINS:
+            del self._seen[next(iter(self._seen))]
+        if kind == "p":
+            channel = msg.get("c")
+            if not isinstance(channel, str):
+                stats.dropped_malformed += 1
+                return
+            data = msg.get("d")
+            stats.received += 1
+            if self.local.subscribers(channel):
+                self.local.fan_out(channel, data, publish_message(channel, data))
+            return
+        op, args = msg.get("op"), msg.get("a")
+        if not isinstance(op, str) or not isinstance(args, dict):
+            stats.dropped_malformed += 1
+            return
+        stats.commands += 1
+        handler = self._command_handler
+        if handler is not None:
+            try:
+                handler(op, args)
+            except Exception:
+                log.exception("cluster command %r failed", op)
+
+    def _on_pubsub_message(self, message: Mapping[str, Any]) -> None:
+        data = message.get("data")
+        if isinstance(data, bytes):
+            self.receive(data)
+        else:
+            self.stats.dropped_malformed += 1
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, then keep the publisher and subscriber connections alive until cancelled.
+
+        ``task_status.started()`` comes after the first connection attempt, whether or not it
+        succeeded (the server serves local traffic while Redis is away). Cancellation closes
+        the connections; queued messages are dropped (counted in ``stats.lost``).
+        """
+        try:
+            async with self._client, trio.open_nursery() as nursery:
+                await self._check_connection()
+                nursery.start_soon(self._publisher)
+                nursery.start_soon(self._subscriber)
+                task_status.started()
+        finally:
+            self._set_up(False)
+
+    def _set_up(self, up: bool) -> None:
+        if up == self._up:
+            return
+        self._up = up
+        self._up_changed.set()
+        self._up_changed = trio.Event()
+        if not up:
+            self.stats.lost += len(self._queue)
+            self._queue.clear()
+            self._changed()  # wake the subscriber's sync loop
+
+    async def _check_connection(self) -> bool:
+        try:
+            with trio.fail_after(self._send_timeout_s):
+                await self._client.ping()
+        except Exception as exc:
+            log.debug("Redis ping failed: %r", exc)
+            self._set_up(False)
+            return False
+        self._set_up(True)
+        return True
+
+    def _backoff(self, attempt: int) -> float:
+        low, high = self._reconnect
+        return min(high, low * 2.0 ** min(attempt, 30)) * random.uniform(0.5, 1.0)
+
+    async def _publisher(self) -> None:
+        attempt = 0
+        while True:
+            if not self._up:
+                if not await self._check_connection():
+                    await trio.sleep(self._backoff(attempt))
+                    attempt += 1
+                    continue
+                if attempt:
+                    self.stats.reconnects += 1
+                    log.info("Redis publisher connection restored")
+                attempt = 0
+            if not self._queue:
+                self._queue_changed = trio.Event()
+                with trio.move_on_after(1.0):  # also notice a drop seen by the subscriber
+                    await self._queue_changed.wait()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
+            try:
+                with trio.fail_after(self._send_timeout_s):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for channel, payload in batch:
+                            pipe.publish(channel, payload)
+            except Exception as exc:
+                log.warning("Redis publish failed (%d messages lost): %r", len(batch), exc)
+                self.stats.lost += len(batch)
+                self._set_up(False)
+                continue
+            self.stats.sent += len(batch)
+
+    async def _subscriber(self) -> None:
+        attempt = 0
+        ever = False
+        while True:
+            try:
+                try:
+                    async with self._client.pubsub(
+                        retry_policy=None, ignore_subscribe_messages=True
+                    ) as pubsub:
+                        await pubsub.subscribe(**{self._control.decode(): self._on_pubsub_message})
+                        self._active = set()
+                        if ever:
+                            self.stats.reconnects += 1
+                            log.info("Redis subscriber connection restored")
+                        ever = True
+                        attempt = 0
+                        async with trio.open_nursery() as nursery:
+                            # Messages are handled inline by the channel handlers; coredis still
+                            # queues a None per message for its iterator: drain them.
+                            nursery.start_soon(self._drain, pubsub)
+                            await self._sync_subscriptions(pubsub)
+                except* anyio.ClosedResourceError:
+                    # coredis unsubscribes on a connection it has just closed when cancelled
+                    # (or when the connection broke): nothing to do but reconnect.
+                    log.debug("Redis subscriber connection closed")
+            except Exception as exc:
+                (log.warning if attempt == 0 else log.debug)(
+                    "Redis subscriber connection failed: %r", exc
+                )
+            self._active = set()
+            self._set_up(False)
+            await trio.sleep(self._backoff(attempt))
+            attempt += 1
+
+    @staticmethod
+    async def _drain(pubsub: Any) -> None:
+        while True:
+            await pubsub.get_message()
+
+    async def _sync_subscriptions(self, pubsub: Any) -> None:
+        while True:
+            self._subs_changed = trio.Event()
+            wanted = set(self._held)
+            add = [c for c in self._held if c not in self._active]
+            remove = [c for c in self._active if c not in wanted]
+            for i in range(0, len(add), _BATCH):
+                chunk = add[i : i + _BATCH]
+                handlers = {self._data_channel(c).decode(): self._on_pubsub_message for c in chunk}
+                await pubsub.subscribe(**handlers)
+                self._active.update(chunk)
+            for i in range(0, len(remove), _BATCH):
+                chunk = remove[i : i + _BATCH]
+                await pubsub.unsubscribe(*(self._data_channel(c) for c in chunk))
+                self._active.difference_update(chunk)
+            if add or remove:
+                continue
+            if not self._up:  # the publisher is reconnecting
+                await self._up_changed.wait()
+                continue
+            self._idle.set()
+            with trio.move_on_after(30.0):
+                await self._subs_changed.wait()
