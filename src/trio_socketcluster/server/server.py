@@ -79,7 +79,8 @@ class Server:
     """A SocketCluster server. See the module docstring for the entry points.
 
     ``Server(**options)`` takes the fields of ``ServerConfig`` as keyword arguments (or a ready
-    ``config=``), plus ``broker=`` (default: in-process) and ``auth=`` (a ready
+    ``config=``), plus ``broker=`` (default: in-process; a ``redis://`` URL selects the
+    ``RedisBroker``, see ``set_broker``) and ``auth=`` (a ready
     ``AuthEngine``; default: built from the ``auth_*`` options, with a random HS256 key per
     process when no key is given).
     """
@@ -88,7 +89,7 @@ class Server:
         self,
         config: ServerConfig | None = None,
         *,
-        broker: Broker | None = None,
+        broker: Broker | str | None = None,
         auth: AuthEngine | None = None,
         now: Callable[[], float] | None = None,
         **options: Any,
@@ -97,7 +98,8 @@ class Server:
             raise InvalidOptionsError("pass either config= or keyword options, not both")
         cfg = config if config is not None else ServerConfig(**options)
         self.config = cfg
-        self.broker: Broker = broker if broker is not None else LocalBroker()
+        self.broker: Broker = LocalBroker()
+        self.set_broker(broker if broker is not None else self.broker)
         self.auth = auth if auth is not None else self._make_auth(cfg)
         self.middleware = MiddlewareRegistry()
         self._handlers: dict[str, tuple[Handler, bool]] = {}
@@ -145,6 +147,31 @@ class Server:
             default_expiry_s=cfg.auth_default_expiry_s,
             leeway_s=cfg.auth_leeway_s,
         )
+
+    def set_broker(self, broker: Broker | str) -> None:
+        """Use ``broker``: a ``Broker``, or a Redis URL (``redis://host:port/db``,
+        ``rediss://``, ``unix://``) for a ``RedisBroker`` (needs ``trio-socketcluster[redis]``).
+
+        The bus of a Redis broker is signed with a key derived from
+        ``$TRIO_SOCKETCLUSTER_CLUSTER_KEY``, else from the HS256 ``auth_key`` (or
+        ``$TRIO_SOCKETCLUSTER_AUTH_KEY``); every process of the cluster needs the same one.
+        Call this before serving (the command line does, for ``--broker``).
+        """
+        if isinstance(broker, str):
+            try:
+                from ..brokers.redis import CLUSTER_KEY_ENV, RedisBroker
+            except ImportError as exc:
+                raise InvalidOptionsError(
+                    f"a Redis broker needs coredis: pip install 'trio-socketcluster[redis]' ({exc})"
+                ) from None
+            key = (
+                os.environ.get(CLUSTER_KEY_ENV)
+                or self.config.auth_key
+                or os.environ.get("TRIO_SOCKETCLUSTER_AUTH_KEY")
+                or None
+            )
+            broker = RedisBroker.from_url(broker, cluster_key=key)
+        self.broker = broker
 
     # ------------------------------------------------------------------ time
 
