@@ -41,7 +41,7 @@ from ..auth import AuthEngine, Keyring
 from ..brokers.base import Broker
 from ..brokers.local import LocalBroker
 from ..config import ServerConfig
-from ..errors import InvalidOptionsError
+from ..errors import InvalidArgumentsError, InvalidOptionsError
 from ..middleware import (
     Blocked,
     HandshakeWSRequest,
@@ -172,6 +172,9 @@ class Server:
             )
             broker = RedisBroker.from_url(broker, cluster_key=key)
         self.broker = broker
+        register = getattr(broker, "set_command_handler", None)
+        if register is not None:  # a distributed broker: commands from other processes
+            register(self._apply_command)
 
     # ------------------------------------------------------------------ time
 
@@ -269,6 +272,90 @@ class Server:
         """Publish ``data`` on ``channel`` (not subject to publish-in middleware). Never blocks;
         ``BrokerError`` if the broker cannot take it."""
         self.broker.publish(channel, data)
+
+    # ------------------------------------------------------------------ cluster-wide actions
+    #
+    # Each applies at once to the sockets of this process and, with a distributed broker,
+    # goes to every other process over the broker's bus (in order with this process's
+    # publishes; at most once). Each returns how many sockets of *this* process it touched,
+    # and raises ``BrokerError`` if the bus cannot take it (after applying it here).
+
+    def deauthenticate_user(self, username: str) -> int:
+        """Deauthenticate every socket whose auth token has ``"username": username``."""
+        if not isinstance(username, str):
+            raise InvalidArgumentsError("username must be a string")
+        return self._cluster_command("deauthenticate_user", {"username": username})
+
+    def disconnect_user(self, username: str, code: int = 1000, reason: str = "") -> int:
+        """Close every socket whose auth token has ``"username": username``."""
+        if not isinstance(username, str):
+            raise InvalidArgumentsError("username must be a string")
+        if type(code) is not int or not 1000 <= code <= 4999 or not isinstance(reason, str):
+            raise InvalidArgumentsError("code must be an int in 1000..4999, reason a string")
+        return self._cluster_command(
+            "disconnect_user", {"username": username, "code": code, "reason": reason}
+        )
+
+    def revoke_token(self, jti: str) -> int:
+        """Deauthenticate every socket whose auth token has ``"jti": jti``.
+
+        Only sockets connected now are affected: a client that kept the token can present it
+        again; refuse it in authenticate middleware if that matters."""
+        if not isinstance(jti, str):
+            raise InvalidArgumentsError("jti must be a string")
+        return self._cluster_command("revoke_token", {"jti": jti})
+
+    def kick_out(self, channel: str, message: str | None = None) -> int:
+        """Unsubscribe every socket from ``channel``, sending each ``#kickOut``."""
+        if not isinstance(channel, str) or not (message is None or isinstance(message, str)):
+            raise InvalidArgumentsError("channel must be a string, message a string or None")
+        return self._cluster_command("kick_out", {"channel": channel, "message": message})
+
+    def _cluster_command(self, op: str, args: dict[str, Any]) -> int:
+        count = self._apply_command(op, args)
+        send = getattr(self.broker, "send_command", None)
+        if send is not None:
+            send(op, args)
+        return count
+
+    def _apply_command(self, op: str, args: Mapping[str, Any]) -> int:
+        """Apply a cluster command to the sockets of this process (also called by the broker
+        for commands from other processes, whose arguments are checked here)."""
+        sockets = list(self._sockets.values())
+        count = 0
+        match op:
+            case "deauthenticate_user" | "disconnect_user" | "revoke_token":
+                claim, value = ("jti", args.get("jti")) if op == "revoke_token" else (
+                    "username", args.get("username"))  # fmt: skip
+                if not isinstance(value, str):
+                    return 0
+                code, reason = args.get("code", 1000), args.get("reason", "")
+                if op == "disconnect_user" and (
+                    type(code) is not int or not 1000 <= code <= 4999 or not isinstance(reason, str)
+                ):
+                    return 0
+                for socket in sockets:
+                    token = socket.auth_token
+                    if token is None or token.get(claim) != value:
+                        continue
+                    if op == "disconnect_user":
+                        socket.disconnect(code, reason)
+                    else:
+                        socket.deauthenticate()
+                    count += 1
+            case "kick_out":
+                channel, message = args.get("channel"), args.get("message")
+                if not isinstance(channel, str) or not (
+                    message is None or isinstance(message, str)
+                ):
+                    return 0
+                for socket in sockets:
+                    if channel in socket.channels:
+                        socket.kick_out(channel, message)
+                        count += 1
+            case _:
+                log.warning("unknown cluster command %r ignored", op)
+        return count
 
     def _register(self, socket: ServerSocket) -> None:
         self._sockets[socket.id] = socket
