@@ -136,6 +136,7 @@ class ServerSocket:
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._handler_slots = trio.Semaphore(cfg.max_concurrent_handlers)
+        self._held_events: list[tuple[Any, ...]] | None = None
 
     # ------------------------------------------------------------------ read-only views
 
@@ -267,14 +268,22 @@ class ServerSocket:
         """Forget the auth token and tell the client to drop it (``#removeAuthToken``)."""
         self._clear_auth(send_remove=True)
 
+    def _emit(self, event: str, *args: Any) -> None:
+        """Call the server's listeners, or hold the call while the handshake runs (auth
+        events follow ``connection``, as the reference emits them; examples.md §2)."""
+        if self._held_events is not None:
+            self._held_events.append((event, *args))
+        else:
+            self.server._emit(event, *args)
+
     def _set_authenticated(self, payload: dict[str, Any], signed: str) -> None:
         was = self.auth_token is not None
         self.auth_token = payload
         self.signed_auth_token = signed
         self._token_changed.set()
         if not was:
-            self.server._emit("authStateChange", self, "unauthenticated", "authenticated")
-        self.server._emit("authenticate", self, payload)
+            self._emit("authStateChange", self, "unauthenticated", "authenticated")
+        self._emit("authenticate", self, payload)
 
     def _clear_auth(self, *, send_remove: bool) -> None:
         old = self.auth_token
@@ -284,8 +293,8 @@ class ServerSocket:
         if send_remove and self._machine.state.value != "closed":
             self._send_priority(_REMOVE_AUTH_TOKEN)
         if old is not None:
-            self.server._emit("authStateChange", self, "authenticated", "unauthenticated")
-            self.server._emit("deauthenticate", self, old)
+            self._emit("authStateChange", self, "authenticated", "unauthenticated")
+            self._emit("deauthenticate", self, old)
 
     def _check_expiry(self) -> float | None:
         """Lazy expiry check (as the reference does on pongs and events).
@@ -311,7 +320,7 @@ class ServerSocket:
             payload = self.server.auth.verify(token, now=self.server.now())
         except errors.AuthTokenError as exc:
             if exc.is_bad_token:
-                self.server._emit("badAuthToken", self, exc, token)
+                self._emit("badAuthToken", self, exc, token)
             return False, exc, exc.is_bad_token
         chain = self.server.middleware.chain(Hook.AUTHENTICATE)
         if chain:
@@ -323,7 +332,7 @@ class ServerSocket:
             )
             if isinstance(outcome, Blocked):
                 if outcome.bad_token:
-                    self.server._emit("badAuthToken", self, outcome.error, token)
+                    self._emit("badAuthToken", self, outcome.error, token)
                 return False, _block_error(outcome.error), outcome.bad_token
         self._set_authenticated(payload, token)
         return True, None, False
@@ -617,8 +626,13 @@ class ServerSocket:
         }
         token = data.get("authToken") if isinstance(data, dict) else None
         authenticated = False
+        held: list[tuple[Any, ...]] = []
         if token is not None:
-            authenticated, error, bad = await self._verify_token(token)
+            self._held_events = held  # emitted after ``connection``
+            try:
+                authenticated, error, bad = await self._verify_token(token)
+            finally:
+                self._held_events = None
             if not authenticated:
                 status["authError"] = dehydrate_error(error)
                 if bad:
@@ -635,6 +649,8 @@ class ServerSocket:
         assert self._nursery is not None
         self._nursery.start_soon(self._heartbeat)
         server._emit("connection", self)
+        for event, *args in held:
+            server._emit(event, *args)
 
     async def _on_authenticate(self, packet: EventPacket) -> None:
         authenticated, error, bad = await self._verify_token(packet.data)
