@@ -71,9 +71,10 @@ def test_decode_never_raises_on_any_text(text: str) -> None:
     assert all(isinstance(p, EventPacket | ResponsePacket | Ping | Pong | Raw) for p in packets)
 
 
-@given(st.text(alphabet="{}[]\",:0123456789.eE+-truefalsn \\u\n", max_size=60))
+@given(st.text(alphabet='{}[]",:0123456789.eE+-truefalsn \\u\n', max_size=60))
 def test_decode_never_raises_on_json_like_text(text: str) -> None:
-    assert decode(text)
+    packets = decode(text)
+    assert packets or text.strip(" \n").startswith("[")
 
 
 @given(json_values(max_leaves=30))
