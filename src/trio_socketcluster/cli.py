@@ -1,5 +1,8 @@
 """The command line: ``trio-socketcluster serve MODULE:ATTR`` (argument parsing only).
 
+``--broker redis://...`` switches the application to the Redis broker; ``--workers N`` runs N
+worker processes on one port (``trio_socketcluster.workers``).
+
 ``ATTR`` names a ``Server`` or a callable returning one. Keys come from a file
 (``--auth-key-file``) or the ``TRIO_SOCKETCLUSTER_AUTH_KEY`` environment variable, never from
 the command line itself: command lines are visible to every user of the machine (``ps``) and
@@ -12,11 +15,14 @@ import argparse
 import importlib
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import trio
+
+from .errors import InvalidOptionsError
 
 __all__ = ["load_app", "main"]
 
@@ -65,6 +71,16 @@ def _parser() -> argparse.ArgumentParser:
         "--auth-key-file",
         help=f"file holding the HS256 auth key (else ${AUTH_KEY_ENV}, else a random key)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="run N worker processes on the port (SO_REUSEPORT), restarted when they die; "
+        "more than one needs --broker",
+    )
+    serve.add_argument(
+        "--broker",
+        help="redis://host:port/db: the Redis broker joining processes (needs the redis extra)",
+    )
     serve.add_argument("--log-level", default="info")
     return parser
 
@@ -84,7 +100,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not key:
                 raise CliError("the auth key file is empty")
             os.environ[AUTH_KEY_ENV] = key
+        if args.workers is not None and not os.environ.get(AUTH_KEY_ENV):
+            # One key for the parent's check of the app and for every worker.
+            os.environ[AUTH_KEY_ENV] = secrets.token_hex(32)
         server = load_app(args.app)
+        if args.workers is not None:
+            return _serve_workers(args, server)
+        if args.broker:
+            try:
+                server.set_broker(args.broker)
+            except InvalidOptionsError as exc:
+                raise CliError(str(exc)) from None
         print(
             f"trio-socketcluster: serving {args.app} on "
             f"ws://{args.host}:{args.port}{server.config.path}",
@@ -100,6 +126,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trio-socketcluster: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _serve_workers(args: argparse.Namespace, server: Any) -> int:
+    """``serve --workers N``: the launcher (the application was loaded once to check it)."""
+    from .workers import WorkerError, WorkerOptions, run_workers
+
+    options = WorkerOptions(
+        app=args.app,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        broker=args.broker,
+        app_has_shared_broker=hasattr(server.broker, "send_command"),
+    )
+    try:
+        return run_workers(options)
+    except WorkerError as exc:
+        raise CliError(str(exc)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover
