@@ -1032,7 +1032,8 @@ async def connect_stream(
     ``code`` and ``reason`` fields) is raised, unless ``retry_first`` makes the client retry
     by the reconnect rules (then the block waits for the first success). Leaving the block
     closes the connection with 1000 (a close handshake of at most ``close_timeout_s``) and
-    stops every task the client started. Exceptions from the block propagate unchanged (not
+    stops every task the client started; when the block is left by cancellation, the stream
+    is closed without a close handshake. Exceptions from the block propagate unchanged (not
     wrapped in an exception group).
     """
     client = Client(stream_factory, host=host, resource=resource, **options)
@@ -1050,9 +1051,12 @@ async def connect_stream(
             try:
                 yield client
             finally:
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + client.close_timeout_s + 1
-                    await client.disconnect()
+                if trio.current_effective_deadline() != -math.inf:
+                    with trio.CancelScope(shield=True) as scope:
+                        scope.deadline = trio.current_time() + client.close_timeout_s + 1
+                        await client.disconnect()
+                # else we are being cancelled: so is trio-websocket's reader, so no close
+                # handshake is possible; the stream is closed (the server sees a 1006).
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         single = _collapse(group)
