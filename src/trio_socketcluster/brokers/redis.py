@@ -251,6 +251,11 @@ class RedisBroker:
         while not self._up:
             await self._up_changed.wait()
 
+    async def wait_disconnected(self) -> None:
+        """Return once publishes are refused (Redis found unreachable)."""
+        while self._up:
+            await self._up_changed.wait()
+
     async def wait_synced(self) -> None:
         """Return once every channel held locally is subscribed on Redis (and the connection
         up). A subscription becomes live one Redis round trip after the first local subscriber
