@@ -1,0 +1,93 @@
+"""The conformance application on a broker chosen by ``$BROKER``, plus cluster handlers.
+
+As a module: ``make_server`` is the factory the command line loads
+(``trio-socketcluster serve redis_app:make_server --workers N --broker redis://...``).
+As a script: ``PORT``, ``AUTH_KEY``, ``HOST`` and ``BROKER`` from the environment; prints
+``READY <port>``; SIGTERM/SIGINT close every socket with 1001 and exit 0.
+
+Extra handlers (test-only; no access control): ``pid``, ``brokerStats``,
+``waitSynced`` (answers once this process's Redis subscriptions are live),
+``deauthenticateUser``, ``disconnectUser``, ``revokeToken``, ``kickOutAll``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+
+from conformance_app import build_server  # type: ignore[import-not-found, unused-ignore]
+
+from trio_socketcluster import Reply, Server, ServerSocket
+
+
+def make_server() -> Server:
+    server: Server = build_server(os.environ.get("AUTH_KEY") or None)
+    broker = os.environ.get("BROKER")
+    if broker:
+        server.set_broker(broker)
+
+    @server.handler("pid")
+    def pid(_socket: ServerSocket, _data: Any) -> Any:
+        return Reply(data=os.getpid())
+
+    @server.handler("brokerStats")
+    def broker_stats(_socket: ServerSocket, _data: Any) -> Any:
+        stats = getattr(server.broker, "stats", None)
+        return Reply(data=stats.as_dict() if stats is not None else None)
+
+    @server.handler("waitSynced")
+    async def wait_synced(_socket: ServerSocket, _data: Any) -> Any:
+        wait = getattr(server.broker, "wait_synced", None)
+        if wait is not None:
+            with trio.fail_after(10):
+                await wait()
+        return Reply(data=True)
+
+    def arg(data: Any, name: str) -> Any:
+        return data.get(name) if isinstance(data, dict) else None
+
+    @server.handler("deauthenticateUser")
+    def deauthenticate_user(_socket: ServerSocket, data: Any) -> Any:
+        return Reply(data=server.deauthenticate_user(arg(data, "username")))
+
+    @server.handler("disconnectUser")
+    def disconnect_user(_socket: ServerSocket, data: Any) -> Any:
+        return Reply(
+            data=server.disconnect_user(
+                arg(data, "username"), arg(data, "code") or 4500, arg(data, "reason") or ""
+            )
+        )
+
+    @server.handler("revokeToken")
+    def revoke_token(_socket: ServerSocket, data: Any) -> Any:
+        return Reply(data=server.revoke_token(arg(data, "jti")))
+
+    @server.handler("kickOutAll")
+    def kick_out_all(_socket: ServerSocket, data: Any) -> Any:
+        return Reply(data=server.kick_out(arg(data, "channel"), arg(data, "message")))
+
+    return server
+
+
+async def main() -> None:
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = int(os.environ.get("PORT", "0"))
+    server = make_server()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(server.serve, host, port)
+            print(f"READY {listeners[0].socket.getsockname()[1]}", flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+if __name__ == "__main__":
+    trio.run(main)
