@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import trio
 import trio_websocket
@@ -993,8 +993,9 @@ class Client:
         await self.disconnect()
 
 
-def _collapse(group: BaseExceptionGroup[Any]) -> BaseException | None:
-    """The one non-cancellation error of a nested group, else ``None``."""
+def collapse_exception_group(group: BaseExceptionGroup[Any]) -> BaseException | None:
+    """The one error of a nested group (ignoring cancellations if there is one other error),
+    else ``None``: what ``connect`` raises instead of a group."""
     leaves: list[BaseException] = []
 
     def walk(exc: BaseException) -> None:
@@ -1009,10 +1010,6 @@ def _collapse(group: BaseExceptionGroup[Any]) -> BaseException | None:
         return leaves[0]
     real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
     return real[0] if len(real) == 1 else None
-
-
-def _reraise(exc: BaseException) -> NoReturn:
-    raise exc
 
 
 @asynccontextmanager
@@ -1059,10 +1056,10 @@ async def connect_stream(
                 # handshake is possible; the stream is closed (the server sees a 1006).
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        single = _collapse(group)
+        single = collapse_exception_group(group)
         if single is None:
             raise
-        _reraise(single)
+        raise single from None
 
 
 def _split_url(url: str) -> tuple[str, int, str, bool]:

@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from ..client import Client, connect_stream
+from ..client.client import collapse_exception_group
 from ..server import Server
 
 __all__ = ["open_test_client", "open_test_clients"]
@@ -29,24 +30,30 @@ async def open_test_client(
     started outlives the block. The server's broker is not started: call
     ``await server.start_broker(nursery)`` yourself if it has background tasks.
     """
-    async with trio.open_nursery() as nursery:
+    try:
+        async with trio.open_nursery() as nursery:
 
-        async def open_stream() -> trio.abc.Stream:
-            client_stream, server_stream = trio.testing.memory_stream_pair()
-            nursery.start_soon(server.handle_stream, server_stream)
-            await trio.lowlevel.checkpoint()
-            return client_stream
+            async def open_stream() -> trio.abc.Stream:
+                client_stream, server_stream = trio.testing.memory_stream_pair()
+                nursery.start_soon(server.handle_stream, server_stream)
+                await trio.lowlevel.checkpoint()
+                return client_stream
 
-        try:
-            async with connect_stream(
-                open_stream,
-                host="testserver",
-                resource=resource if resource is not None else server.config.path,
-                **client_kwargs,
-            ) as client:
-                yield client
-        finally:
-            nursery.cancel_scope.cancel()
+            try:
+                async with connect_stream(
+                    open_stream,
+                    host="testserver",
+                    resource=resource if resource is not None else server.config.path,
+                    **client_kwargs,
+                ) as client:
+                    yield client
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        single = collapse_exception_group(group)
+        if single is None:
+            raise
+        raise single from None
 
 
 @asynccontextmanager
