@@ -1,0 +1,165 @@
+"""The launcher: ``trio-socketcluster serve redis_app:make_server --workers N --broker redis://``
+as a real process tree on a real port, with a real ``redis-server``."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import trio
+from redisserver import TESTS, AppProcess, RedisServer
+from wsclient import Closed, RawClient, new_client
+
+WORKERS = 3
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def launcher(redis_server: RedisServer) -> Iterator[AppProcess]:
+    app = AppProcess(
+        [sys.executable, "-m", "trio_socketcluster.cli", "serve", "redis_app:make_server",
+         "--workers", str(WORKERS), "--broker", redis_server.url, "--port", "0"],
+        {},
+    )  # fmt: skip
+    try:
+        app.wait_ready()
+        yield app
+    finally:
+        app.stop()
+
+
+_OPEN: list[RawClient] = []
+
+
+@pytest.fixture
+async def close_clients() -> AsyncIterator[None]:
+    yield
+    while _OPEN:
+        await trio.aclose_forcefully(_OPEN.pop().stream)
+
+
+async def _connect(port: int, token: str | None = None) -> RawClient:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    client = new_client(stream)
+    _OPEN.append(client)
+    await client.connect("/socketcluster/")
+    reply = await client.handshake(token)
+    assert reply["data"]["isAuthenticated"] is (token is not None), reply
+    return client
+
+
+async def _pid(client: RawClient) -> int:
+    reply = await client.invoke("pid", cid=50)
+    pid = reply["data"]
+    assert isinstance(pid, int)
+    return pid
+
+
+async def _by_worker(port: int, n: int) -> dict[int, list[RawClient]]:
+    clients: dict[int, list[RawClient]] = {}
+    for _ in range(n):
+        client = await _connect(port)
+        clients.setdefault(await _pid(client), []).append(client)
+    return clients
+
+
+async def _next_event(client: RawClient, event: str) -> Any:
+    while True:
+        packet = await client.recv_json()
+        if packet.get("event") == event:
+            return packet.get("data")
+
+
+async def _stderr_line(app: AppProcess, needle: str, timeout_s: float = 20.0) -> str:
+    with trio.fail_after(timeout_s):
+        while True:
+            try:
+                line = await trio.to_thread.run_sync(app.errors.get, True, 1.0)
+            except queue.Empty:
+                continue
+            assert line is not None, "the launcher's stderr closed"
+            if needle in line:
+                return line
+
+
+@pytest.mark.usefixtures("close_clients")
+async def test_workers_share_the_port_the_load_and_the_bus(launcher: AppProcess) -> None:
+    with trio.fail_after(30):
+        clients = await _by_worker(launcher.port, 24)
+        assert len(clients) >= 2  # the kernel spread the connections (3 workers, 24 tries)
+        (pid_a, on_a), (pid_b, on_b) = list(clients.items())[:2]
+        sub, pub = on_a[0], on_b[0]
+        assert "error" not in await sub.invoke("#subscribe", {"channel": "room"}, cid=60)
+        assert (await sub.invoke("waitSynced", cid=61))["data"] is True
+        for i in range(20):
+            await pub.invoke("serverPublish", {"channel": "room", "data": i}, cid=70 + i)
+        got = [(await _next_event(sub, "#publish"))["data"] for _ in range(20)]
+        assert got == list(range(20))  # published on one worker, delivered on another
+
+        # one auth key for every worker: a token signed by A is valid on B
+        login = await sub.invoke("login", {"username": "alice", "password": "alice-pass"}, cid=90)
+        assert "error" not in login
+        token = next(p for p in sub.others if p.get("event") == "#setAuthToken")["data"]["token"]
+        while True:
+            other = await _connect(launcher.port, token)
+            if await _pid(other) != pid_a:
+                break
+        # a cluster-wide command from B reaches the socket on A
+        assert (await other.invoke("deauthenticateUser", {"username": "alice"}, cid=91))[
+            "data"
+        ] == 1
+        assert await _next_event(sub, "#removeAuthToken") is None
+        del pid_b
+
+
+@pytest.mark.usefixtures("close_clients")
+async def test_a_killed_worker_is_replaced_and_the_others_keep_serving(
+    launcher: AppProcess,
+) -> None:
+    with trio.fail_after(60):
+        clients = await _by_worker(launcher.port, 24)
+        victim, survivors = next(iter(clients)), list(clients)[1:]
+        os.kill(victim, signal.SIGKILL)
+        assert (await clients[victim][0].expect_close()).code == 1006
+        for pid in survivors:  # established connections elsewhere are untouched
+            reply = await clients[pid][0].invoke("echo", "still here", cid=7)
+            assert reply["data"] == "still here"
+        seen = {await _pid(await _connect(launcher.port)) for _ in range(12)}
+        assert victim not in seen  # new connections go to live workers only
+        new_pid = victim
+        while new_pid in clients:  # the supervisor restarted it (skip the first start's lines)
+            line = await _stderr_line(launcher, ") ready")
+            new_pid = int(line.split("(pid ")[1].split(")")[0])
+        while new_pid not in seen:  # and it takes its share of new connections
+            seen.add(await _pid(await _connect(launcher.port)))
+
+        # SIGTERM drains every worker: sockets are closed with 1001, then the tree exits
+        launcher.signal(signal.SIGTERM)
+        for pid in survivors:
+            closed = await clients[pid][0].expect_close()
+            assert isinstance(closed, Closed) and closed.code == 1001
+    assert await trio.to_thread.run_sync(launcher.proc.wait, 20) == 0
+
+
+def test_several_workers_need_a_shared_broker() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "trio_socketcluster.cli", "serve", "redis_app:make_server",
+         "--workers", "2", "--port", "0"],
+        cwd=TESTS, capture_output=True, text=True, timeout=30, check=False,
+        env={k: v for k, v in os.environ.items() if k != "BROKER"},
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--workers 2 needs a shared broker: pass --broker redis://" in proc.stderr
