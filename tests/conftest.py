@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from wsclient import RawClient, new_client
+from wsclient import ClientFactory, RawClient, new_client
 
 from trio_socketcluster import Server
 
 AUTH_KEY = "test-auth-key"
 
-ClientFactory = Callable[..., Awaitable[RawClient]]
 
 
 @pytest.fixture

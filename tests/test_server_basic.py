@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 import trio.testing
-from conftest import ClientFactory
+from wsclient import ClientFactory
 
 from trio_socketcluster import Reply, Server, ServerSocket, SocketClusterError
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -172,3 +173,7 @@ def new_client(stream: trio.abc.Stream) -> RawClient:
     client.before_handshake_reply = []
     client.others = []
     return client
+
+
+#: The type of the ``connect`` fixture (see conftest.py).
+ClientFactory = Callable[..., Awaitable[RawClient]]

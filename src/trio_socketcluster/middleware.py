@@ -552,6 +552,8 @@ class MiddlewareRegistry:
 
         return decorate
 
+    __call__ = middleware  # ``@server.middleware(Hook.PUBLISH_IN)`` reads best
+
     def chain(self, hook: Hook) -> tuple[Middleware, ...]:
         """``hook``'s middleware in registration order (a stored tuple: no copy)."""
         return self._chains.get(hook, ())

@@ -48,15 +48,12 @@ from ..middleware import (
     Hook,
     Middleware,
     MiddlewareRegistry,
-    is_sync_chain,
     origin_allowed,
-    run_chain,
-    run_chain_async,
 )
 from ..transport.base import HandshakeRequest, Rejection, Transport
 from ..transport.ws import accept_websocket
 from .http import HttpHandler
-from .socket import ServerSocket
+from .socket import ServerSocket, run_any_chain
 
 __all__ = ["Handler", "Server"]
 
@@ -374,9 +371,7 @@ class Server:
         chain = self.middleware.chain(Hook.HANDSHAKE_WS)
         if chain:
             req = HandshakeWSRequest(request=request, now=self.now())
-            outcome = (
-                run_chain(chain, req) if is_sync_chain(chain) else await run_chain_async(chain, req)
-            )
+            outcome = await run_any_chain(chain, req)
             if isinstance(outcome, Blocked):
                 if outcome.exception is not None:
                     log.warning("handshakeWS middleware raised", exc_info=outcome.exception)

@@ -87,6 +87,25 @@ class Reply:
     error: Any = MISSING
 
 
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(e) for e in exc.exceptions)
+    return False
+
+
+async def run_any_chain(chain: tuple[Any, ...], request: Any) -> Any:
+    """Run a middleware chain: inline when every middleware is a plain function, else (or if
+    a plain function turns out to return an awaitable) through the async runner."""
+    if is_sync_chain(chain):
+        try:
+            return run_chain(chain, request)
+        except TypeError:  # a plain callable returned an awaitable (e.g. a lambda)
+            pass
+    return await run_chain_async(chain, request)
+
+
 def _block_error(error: Any) -> Any:
     """A middleware's plain-string error, as the client sees ``next(new Error(text))``."""
     return {"message": error} if isinstance(error, str) else error
@@ -425,6 +444,7 @@ class ServerSocket:
 
     async def _run_protocol_tasks(self) -> None:
         cfg = self.server.config
+        failed = False
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
@@ -433,13 +453,20 @@ class ServerSocket:
                     nursery.start_soon(self._expiry_watcher)
                     await self._dispatch_loop()
                     nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            failed = not _only_cancelled(exc)
+            raise
         finally:
             self._nursery = None
             if not self._closing and self.close_code is None:
                 # Neither side chose to close: the server is shutting down (cancellation)
-                # or something failed inside this connection.
+                # or something failed inside this connection (1011).
                 self._closing = True
-                self._close_code, self._close_reason = 1001, "Server is shutting down"
+                self._close_code, self._close_reason = (
+                    (1011, "Unexpected server error")
+                    if failed
+                    else (1001, "Server is shutting down")
+                )
             self._machine.close()
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + cfg.shutdown_timeout_s
@@ -530,7 +557,10 @@ class ServerSocket:
             if inspect.isawaitable(result):
                 result = await result
             if result is not None:
-                await self.set_auth_token(result)
+                # A renewed token gets fresh time claims, even if the hook returned the old
+                # payload (whose exp would otherwise win and expire it anyway).
+                fresh = {k: v for k, v in result.items() if k not in ("iat", "exp", "nbf")}
+                await self.set_auth_token(fresh)
         except errors.SocketClusterError as exc:
             log.warning("token renewal for socket %s failed: %s", self.id, exc)
         except Exception:
@@ -590,11 +620,7 @@ class ServerSocket:
                 pass
 
     async def _run_chain(self, chain: tuple[Any, ...], request: Any) -> Any:
-        outcome = (
-            run_chain(chain, request)
-            if is_sync_chain(chain)
-            else await run_chain_async(chain, request)
-        )
+        outcome = await run_any_chain(chain, request)
         if isinstance(outcome, Blocked) and outcome.exception is not None:
             log.warning(
                 "%s middleware raised; the action was blocked", outcome.hook.value,
