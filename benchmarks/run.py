@@ -217,7 +217,10 @@ def run_loadgen(
                 break
             if line in ("START", "END"):
                 marks[line] = (
-                    time.monotonic(), cpu_seconds(server_pid), cpu_seconds(lg.p.pid), core_busy()
+                    time.monotonic(),
+                    cpu_seconds(server_pid),
+                    cpu_seconds(lg.p.pid),
+                    core_busy(),
                 )
             elif line.startswith("RESULT "):
                 result = json.loads(line[len("RESULT ") :])
@@ -300,7 +303,10 @@ def run_micro() -> dict[str, Any]:
     cfg = {"packet": MICRO_PACKET, "token_payload": MICRO_TOKEN_PAYLOAD, "auth_key": AUTH_KEY}
     py = subprocess.run(
         ["taskset", "-c", SERVER_CPU, PYTHON, "-c", PY_MICRO, json.dumps(cfg)],
-        capture_output=True, text=True, check=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     )
     node = subprocess.run(
         ["taskset", "-c", SERVER_CPU, "node", str(NODE_DIR / "loadgen.js"),
@@ -327,7 +333,9 @@ def median(values: list[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def summarise(reps: list[dict[str, Any]], targets: list[str], workloads: list[str]) -> dict[str, Any]:
+def summarise(
+    reps: list[dict[str, Any]], targets: list[str], workloads: list[str]
+) -> dict[str, Any]:
     """Medians per target and metric, and medians of the per-repetition ratios ours / Node."""
     summary: dict[str, Any] = {}
     for name in workloads:
@@ -362,9 +370,9 @@ def summarise(reps: list[dict[str, Any]], targets: list[str], workloads: list[st
 
 def fmt(v: float | None, key: str = "") -> str:
     if v is None:
-        return "–"
+        return "-"
     if "/" in key:
-        return f"{v:.2f}×"
+        return f"{v:.2f}x"
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     if abs(v) >= 100:
@@ -385,7 +393,11 @@ def table(summary: dict[str, Any], targets: list[str], workloads: list[str]) -> 
             out.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     if "micro" in summary:
         m = summary["micro"]
-        out += ["", "| micro (ns/op, one core) | Python | Node | Python/Node |", "|---|---:|---:|---:|"]
+        out += [
+            "",
+            "| micro (ns/op, one core) | Python | Node | Python/Node |",
+            "|---|---:|---:|---:|",
+        ]
         for key, nkey, label in [
             ("encode_ns", "encode_ns", "encode packet (Node: sc-formatter)"),
             ("decode_ns", "decode_ns", "decode packet (Node: sc-formatter)"),
@@ -395,9 +407,12 @@ def table(summary: dict[str, Any], targets: list[str], workloads: list[str]) -> 
             ("jwt_verify_ns", "jwt_verify_ns", "JWT HS256 verify (Node: jsonwebtoken 9, S19)"),
         ]:
             p, n = m["python"].get(key), m["node"].get(nkey)
-            ratio = fmt(p / n, "/") if p and n else "–"
+            ratio = fmt(p / n, "/") if p and n else "-"
             out.append(f"| {label} | {fmt(p)} | {fmt(n)} | {ratio} |")
-        for key, label in [("orjson_dumps_ns", "orjson.dumps alone"), ("orjson_loads_ns", "orjson.loads alone")]:
+        for key, label in [
+            ("orjson_dumps_ns", "orjson.dumps alone"),
+            ("orjson_loads_ns", "orjson.loads alone"),
+        ]:
             out.append(f"| {label} | {fmt(m['python'].get(key))} | | |")
     return "\n".join(out)
 
@@ -416,16 +431,17 @@ def machine() -> dict[str, Any]:
     )  # fmt: skip
     node_pkgs = {}
     for name, base in [("ws", NODE_DIR), ("sc-server-14", INTEROP), ("sc-server-19", INTEROP)]:
-        try:
-            node_pkgs[name] = json.loads((base / "node_modules" / name / "package.json").read_text())["version"]
-        except OSError:
-            pass
+        manifest = base / "node_modules" / name / "package.json"
+        if manifest.exists():
+            node_pkgs[name] = json.loads(manifest.read_text())["version"]
     return {
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
+        "node": subprocess.run(
+            ["node", "--version"], capture_output=True, text=True
+        ).stdout.strip(),
         "python_packages": json.loads(versions.stdout) if versions.returncode == 0 else {},
         "node_packages": node_pkgs,
     }
@@ -452,16 +468,30 @@ def ensure_node_modules() -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="short run: 1 repetition, 3 s windows, 2,000 handshakes")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="short run: 1 repetition, 3 s windows, 2,000 handshakes",
+    )
     ap.add_argument("--repeat", type=int, help="repetitions (default 3; 1 with --quick)")
     ap.add_argument("--targets", default="py-ws,py-tws,node14,node19")
     ap.add_argument("--workloads", default="micro,rpc1,rpc16,authrpc,fanout,handshake")
-    ap.add_argument("--duration", type=float, help="measured seconds per run (default 10; 3 with --quick)")
-    ap.add_argument("--warmup", type=float, help="seconds before measuring (default 2; 1 with --quick)")
-    ap.add_argument("--handshakes", type=int, help="connections in the handshake workload (default 10000)")
+    ap.add_argument(
+        "--duration", type=float, help="measured seconds per run (default 10; 3 with --quick)"
+    )
+    ap.add_argument(
+        "--warmup", type=float, help="seconds before measuring (default 2; 1 with --quick)"
+    )
+    ap.add_argument(
+        "--handshakes", type=int, help="connections in the handshake workload (default 10000)"
+    )
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
-    ap.add_argument("--out", type=Path, help="results file (default benchmarks/results/<date>.json)")
+    ap.add_argument(
+        "--out", type=Path, help="results file (default benchmarks/results/<date>.json)"
+    )
     args = ap.parse_args()
     args.repeat = args.repeat or (1 if args.quick else 3)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
@@ -478,17 +508,21 @@ def main() -> int:
     if not shutil.which("taskset") or not shutil.which("node"):
         ap.error("needs taskset and node on PATH")
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
     if hard < args.handshakes + 1000:
-        print(f"warning: open-files limit {hard} is low for {args.handshakes} connections", file=sys.stderr)
+        print(
+            f"warning: open-files limit {hard} is low for {args.handshakes} connections",
+            file=sys.stderr,
+        )
     ensure_node_modules()
 
     started = dt.datetime.now(dt.UTC)
     logdir = BENCH / "results" / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     info = machine()
-    print(f"machine: {info['nproc']} CPUs, {info['cpu_model']}, Python {info['python']}, Node {info['node']}")
+    print(f"machine: {info['nproc']} CPUs, {info['cpu_model']}, ", end="")
+    print(f"Python {info['python']}, Node {info['node']}")
     reps: list[dict[str, Any]] = []
     for rep in range(args.repeat):
         results: dict[str, Any] = {}
@@ -496,9 +530,11 @@ def main() -> int:
             if name == "micro":
                 results["micro"] = run_micro()
                 m = results["micro"]
-                print(f"[{rep + 1}/{args.repeat}] micro: " + ", ".join(
-                    f"{k} py {m['python'][k]:.0f} / node {m['node'][k]:.0f}"
-                    for k in ("encode_ns", "decode_ns", "jwt_sign_ns", "jwt_verify_ns")))  # fmt: skip
+                keys = ("encode_ns", "decode_ns", "jwt_sign_ns", "jwt_verify_ns")
+                shown = ", ".join(
+                    f"{k} py {m['python'][k]:.0f} / node {m['node'][k]:.0f}" for k in keys
+                )
+                print(f"[{rep + 1}/{args.repeat}] micro: {shown}")
                 continue
             results[name] = {}
             order = targets[rep % len(targets) :] + targets[: rep % len(targets)]  # rotate
@@ -508,15 +544,18 @@ def main() -> int:
                 except Exception as exc:  # a crashed server is a failed run, not a crashed suite
                     r = {"ok": False, "fatal": repr(exc)}
                 results[name][target] = r
-                shown = ", ".join(
-                    f"{label} {fmt(get(r, key))}" for key, label, _ in METRICS[name]
-                )
+                shown = ", ".join(f"{label} {fmt(get(r, key))}" for key, label, _ in METRICS[name])
                 cpu = (
                     f"cpu server {fmt(r.get('server_cpu_pct'))}% loadgen "
                     f"{fmt(r.get('loadgen_cpu_pct'))}% others {fmt(r.get('other_cpu_pct'))}%"
                 )
-                status = "ok" if r.get("ok") else f"FAILED {r.get('fatal') or r.get('error_samples')}"
-                print(f"[{rep + 1}/{args.repeat}] {name:9} {target:7} {shown}; {cpu}; {status}", flush=True)
+                status = (
+                    "ok" if r.get("ok") else f"FAILED {r.get('fatal') or r.get('error_samples')}"
+                )
+                print(
+                    f"[{rep + 1}/{args.repeat}] {name:9} {target:7} {shown}; {cpu}; {status}",
+                    flush=True,
+                )
         reps.append(results)
 
     summary = summarise(reps, targets, workloads)
@@ -534,11 +573,14 @@ def main() -> int:
     failed = sum(1 for r in reps for w in r.values() if isinstance(w, dict)
                  for x in w.values() if isinstance(x, dict) and x.get("ok") is False)  # fmt: skip
     if not (args.quick or args.no_docs):
-        pkgs = ", ".join(f"{k} {v}" for k, v in {**info["python_packages"], **info["node_packages"]}.items())
+        pkgs = ", ".join(
+            f"{k} {v}" for k, v in {**info["python_packages"], **info["node_packages"]}.items()
+        )
         write_docs(
             f"Run of {started:%Y-%m-%d %H:%M} UTC on {info['nproc']} CPUs ({info['cpu_model']}), "
             f"Linux {info['kernel']}, Python {info['python']}, Node {info['node']}; {pkgs}. "
-            f"{args.repeat} repetitions of {args.duration:g} s windows after {args.warmup:g} s warm-up, "
+            f"{args.repeat} repetitions of {args.duration:g} s windows after "
+            f"{args.warmup:g} s warm-up, "
             f"{args.handshakes} handshakes; medians, ratios are medians of per-repetition ratios "
             f"(`benchmarks/results/{out.name}`). Failed runs: {failed}.\n\n{tbl}"
         )
