@@ -583,3 +583,28 @@ async def test_unsubscribe_and_resubscribe_after_reconnect(
             await client.disconnect()
             assert [m async for m in a] == []
             assert a.state is ChannelState.UNSUBSCRIBED
+
+
+async def test_disconnect_while_reconnecting_stops_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(100):
+        async with scripted_client() as (client, scripted):
+            peer = await scripted.peer(0)
+            await peer.close(1011)  # back-off of at least 10 s
+            await client.wait_for(lambda c: c.state is ClientState.CONNECTING)
+            start = trio.current_time()
+            await client.disconnect()
+            assert client.state is ClientState.CLOSED
+            assert trio.current_time() == start
+            assert len(scripted.peers) == 1
+
+
+def test_public_api_is_exported() -> None:
+    import trio_socketcluster.client as api
+    import trio_socketcluster.testing as kit
+
+    for module in (api, kit):
+        assert list(module.__all__) == sorted(module.__all__)
+        for name in module.__all__:
+            assert getattr(module, name) is not None

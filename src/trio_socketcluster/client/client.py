@@ -533,6 +533,7 @@ class Client:
         self._receivers: dict[str, Inbox[Any]] = {}
         self._handlers: dict[str, HandlerFn] = {}
         self._wait_scope: trio.CancelScope | None = None
+        self._connect_scope: trio.CancelScope | None = None
         self._first_failure: BadConnectionError | None = None
 
     def __repr__(self) -> str:
@@ -881,7 +882,7 @@ class Client:
         try:
             async with trio.open_nursery() as nursery:
                 ws: Any = None
-                with trio.move_on_after(self.connect_timeout_s):
+                with trio.move_on_after(self.connect_timeout_s) as self._connect_scope:
                     try:
                         stream = await self._stream_factory()
                         ws = await trio_websocket.wrap_client_stream(
@@ -901,6 +902,7 @@ class Client:
                         info = CloseInfo(
                             code=1006, reason=f"Socket hung up: {exc!r}", by_client=False
                         )
+                self._connect_scope = None
                 if ws is None:
                     info = info or CloseInfo(
                         code=4007, reason="Client connection establishment timed out",
@@ -908,6 +910,8 @@ class Client:
                     )  # fmt: skip
                 else:
                     conn = self._conn = _Connection(self, ws)
+                    if self._closing:  # disconnect() came while the WebSocket opened
+                        conn.finish(1000, "", by_client=True)
                     nursery.start_soon(conn.writer)
                     try:
                         info = await conn.run()
@@ -984,8 +988,9 @@ class Client:
         conn = self._conn
         if conn is not None:
             conn.finish(code, reason, by_client=True)
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
+        for scope in (self._wait_scope, self._connect_scope):
+            if scope is not None:
+                scope.cancel()
         await self.wait_for(lambda c: c.state is ClientState.CLOSED)
 
     async def aclose(self) -> None:
