@@ -389,7 +389,9 @@ def table(summary: dict[str, Any], targets: list[str], workloads: list[str]) -> 
             continue
         for key, label in [(k, lab) for k, lab, _ in METRICS[name]] + CPU_METRICS:
             row = summary[name][key]
-            cells = [fmt(row.get(c), c) for c in cols]
+            cells = [
+                "" if "/" in c and key == "other_cpu_pct" else fmt(row.get(c), c) for c in cols
+            ]
             out.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     if "micro" in summary:
         m = summary["micro"]
@@ -492,7 +494,12 @@ def main() -> int:
     ap.add_argument(
         "--out", type=Path, help="results file (default benchmarks/results/<date>.json)"
     )
+    ap.add_argument(
+        "--from-json", type=Path, help="only re-render the table (and docs) of a results file"
+    )
     args = ap.parse_args()
+    if args.from_json:
+        return report(json.loads(args.from_json.read_text()), args.from_json, docs=not args.no_docs)
     args.repeat = args.repeat or (1 if args.quick else 3)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
@@ -561,28 +568,48 @@ def main() -> int:
     summary = summarise(reps, targets, workloads)
     out = args.out or BENCH / "results" / f"{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in vars(args).items() if k != "out"}
-    out.write_text(json.dumps(
-        {"started": started.isoformat(), "machine": info, "config": config,
-         "workloads": WORKLOADS, "summary": summary, "repetitions": reps},
-        indent=1,
-    ))  # fmt: skip
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "from_json")}
+    data = {
+        "started": started.isoformat(),
+        "machine": info,
+        "config": config,
+        "workloads": WORKLOADS,
+        "summary": summary,
+        "repetitions": reps,
+    }
+    out.write_text(json.dumps(data, indent=1))
+    return report(data, out, docs=not (args.quick or args.no_docs))
+
+
+def report(data: dict[str, Any], out: Path, *, docs: bool) -> int:
+    """Print the table of a results file (and write it into docs/benchmarks.md)."""
+    config, info, reps = data["config"], data["machine"], data["repetitions"]
+    targets = [t for t in config["targets"].split(",") if t]
+    workloads = [w for w in config["workloads"].split(",") if w]
+    summary = summarise(reps, targets, workloads)
     tbl = table(summary, targets, workloads)
     print(tbl)
-    print(f"results: {out.relative_to(ROOT)}")
-    failed = sum(1 for r in reps for w in r.values() if isinstance(w, dict)
-                 for x in w.values() if isinstance(x, dict) and x.get("ok") is False)  # fmt: skip
-    if not (args.quick or args.no_docs):
+    print(f"results: {out}")
+    failed = sum(
+        1
+        for r in reps
+        for w in r.values()
+        if isinstance(w, dict)
+        for x in w.values()
+        if isinstance(x, dict) and x.get("ok") is False
+    )
+    if docs:
+        started = dt.datetime.fromisoformat(data["started"])
         pkgs = ", ".join(
             f"{k} {v}" for k, v in {**info["python_packages"], **info["node_packages"]}.items()
         )
         write_docs(
             f"Run of {started:%Y-%m-%d %H:%M} UTC on {info['nproc']} CPUs ({info['cpu_model']}), "
             f"Linux {info['kernel']}, Python {info['python']}, Node {info['node']}; {pkgs}. "
-            f"{args.repeat} repetitions of {args.duration:g} s windows after "
-            f"{args.warmup:g} s warm-up, "
-            f"{args.handshakes} handshakes; medians, ratios are medians of per-repetition ratios "
-            f"(`benchmarks/results/{out.name}`). Failed runs: {failed}.\n\n{tbl}"
+            f"{config['repeat']} repetitions of {config['duration']:g} s windows after "
+            f"{config['warmup']:g} s warm-up, {config['handshakes']} handshakes; medians, ratios "
+            f"are medians of per-repetition ratios (`benchmarks/results/{out.name}`). "
+            f"Failed runs: {failed}.\n\n{tbl}"
         )
     return 1 if failed else 0
 
