@@ -19,8 +19,7 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
-from conftest import ClientFactory
-from wsclient import RawClient
+from wsclient import ClientFactory, RawClient
 
 from trio_socketcluster import (
     AuthEngine,

@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import ClientFactory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import json_text, json_values
-from wsclient import Closed, RawClient, new_client
+from wsclient import ClientFactory, Closed, RawClient, new_client
 
 from trio_socketcluster import Server, ServerSocket
 
