@@ -320,7 +320,7 @@ async def tcp_client(port: int) -> RawClient:
 
 @pytest.mark.parametrize("answer_close", [True, False])
 async def test_cancelling_serve_closes_every_socket_with_1001(answer_close: bool) -> None:
-    server = make_server(shutdown_timeout_s=1.0, ping_interval_s=100, ping_timeout_s=200)
+    server = make_server(shutdown_timeout_s=0.5, ping_interval_s=100, ping_timeout_s=200)
     closes: list[int | None] = []
     disconnections: list[int] = []
     server.on("disconnection")(lambda s, code, reason: disconnections.append(code))
@@ -354,7 +354,7 @@ async def test_cancelling_serve_closes_every_socket_with_1001(answer_close: bool
             serve_scope.cancel()
             await returned.wait()
             elapsed = trio.current_time() - start
-    assert elapsed < 1.0 + 0.5
+    assert elapsed < 0.5 + 1.0  # a peer that never answers would hold the 2 s close wait
     assert closes == [1001, 1001, 1001]
     assert sorted(disconnections) == [1001, 1001, 1001]
     assert server.client_count == 0
