@@ -813,6 +813,12 @@ class ServerSocket:
             return
         self._channels[channel] = None
         server.broker.subscribe(channel, self)
+        synced = getattr(server.broker, "wait_synced", None)
+        if synced is not None:
+            # A distributed broker: acknowledge once the subscription is live cluster-wide
+            # (bounded: with the broker down, local delivery works and the ack goes out).
+            with trio.move_on_after(server.config.ack_timeout_s):
+                await synced()
         self._respond(cid)
 
     def _on_unsubscribe(self, packet: EventPacket) -> None:
