@@ -154,20 +154,20 @@ class ChatServer:
                 pytest.fail(f"the chat server did not listen within {READY_TIMEOUT_S}s")
             time.sleep(0.02)
 
-    def stop(self) -> int | None:
-        """Ctrl+C, as a user stops it: a graceful shutdown (every socket closed with 1001).
-        Returns the exit status (``None`` if it was not running)."""
+    def stop(self, sig: signal.Signals = signal.SIGINT) -> int | None:
+        """Ctrl+C (by default), as a user stops it: a graceful shutdown (every socket closed
+        with 1001). Returns the exit status (``None`` if it was not running)."""
         proc, self.proc = self.proc, None
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
         try:
             return proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
-            pytest.fail(f"the chat server ignored SIGINT for {STOP_TIMEOUT_S}s")
+            pytest.fail(f"the chat server ignored {sig.name} for {STOP_TIMEOUT_S}s")
 
     def log(self) -> str:
         try:
@@ -299,14 +299,10 @@ def test_token_renewal_keeps_the_login(chat_server: ChatServer) -> None:
     run_driver("renewal", chat_server)
 
 
-@pytest.mark.xfail(
-    reason="cli.py catches a bare KeyboardInterrupt, but trio raises it inside the serve "
-    "nursery's BaseExceptionGroup: Ctrl+C prints a traceback and exits 1",
-    strict=True,
-)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("chat_server", ["login-chat"], indirect=True)
-def test_cli_ctrl_c_exits_cleanly(chat_server: ChatServer) -> None:
-    """``trio-socketcluster serve`` stopped with Ctrl+C exits 0 without a traceback."""
-    code = chat_server.stop()
+def test_cli_stops_cleanly(chat_server: ChatServer, sig: signal.Signals) -> None:
+    """``trio-socketcluster serve`` stopped with Ctrl+C or SIGTERM exits 0, no traceback."""
+    code = chat_server.stop(sig)
     assert code == 0, chat_server.log()
     assert "Traceback" not in chat_server.log()
