@@ -67,7 +67,7 @@ event_names = json_text(max_size=12) | st.sampled_from(sorted(RESERVED))
 @given(st.text())
 def test_decode_never_raises_on_any_text(text: str) -> None:
     packets = decode(text)
-    assert packets
+    assert packets or text.strip(" \n\r\t").startswith("[")  # only an empty batch is empty
     assert all(isinstance(p, EventPacket | ResponsePacket | Ping | Pong | Raw) for p in packets)
 
 

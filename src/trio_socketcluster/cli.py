@@ -20,8 +20,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import trio
-
 from .errors import InvalidOptionsError
 
 __all__ = ["load_app", "main"]
@@ -117,9 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         try:
-            trio.run(server.serve, args.host, args.port)
-        except KeyboardInterrupt:
-            pass
+            server.run(args.host, args.port)
         except OSError as exc:
             raise CliError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
     except CliError as exc:

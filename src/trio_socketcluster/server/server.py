@@ -25,11 +25,11 @@ to a memory channel your own task reads.
 from __future__ import annotations
 
 import base64
-import contextlib
 import inspect
 import logging
 import os
 import secrets
+import signal
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -474,6 +474,15 @@ class Server:
             await nursery.start(run)
 
     def run(self, host: str | None = "127.0.0.1", port: int = 8000) -> None:
-        """Serve forever in a new trio run; Ctrl+C shuts down gracefully."""
-        with contextlib.suppress(KeyboardInterrupt):
-            trio.run(self.serve, host, port)
+        """Serve in a new trio run until SIGINT (Ctrl+C) or SIGTERM, then shut down
+        gracefully (every socket closed with 1001). ``OSError`` if the port cannot be bound."""
+        trio.run(self._run_until_signal, host, port)
+
+    async def _run_until_signal(self, host: str | None, port: int) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.serve_listeners, listeners)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
