@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import inspect
 import json
 import re
@@ -507,6 +508,17 @@ def is_sync_chain(chain: Sequence[Middleware]) -> bool:
     A plain function that *returns* an awaitable is not detected; ``run_chain`` then raises
     ``TypeError``.
     """
+    if type(chain) is tuple:
+        try:
+            return _is_sync_tuple(chain)
+        except TypeError:  # an unhashable callable
+            pass
+    return not any(_is_async(fn) for fn in chain)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_sync_tuple(chain: tuple[Middleware, ...]) -> bool:
+    # Registries hand out the same tuple until they change: inspect each chain once.
     return not any(_is_async(fn) for fn in chain)
 
 
