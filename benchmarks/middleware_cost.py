@@ -22,10 +22,10 @@ import trio
 import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from wsclient import RawClient, new_client  # noqa: E402
+from wsclient import RawClient, new_client  # type: ignore[import-not-found]
 
-from trio_socketcluster import Hook, Server, ServerSocket  # noqa: E402
-from trio_socketcluster.middleware import EmitRequest, PublishInRequest  # noqa: E402
+from trio_socketcluster import Hook, Server, ServerSocket
+from trio_socketcluster.middleware import EmitRequest, PublishInRequest
 
 BATCH = 1000
 ROUNDS = 15
@@ -82,7 +82,9 @@ async def per_op(kind: str) -> dict[str, float]:
                 await client.invoke("#subscribe", {"channel": "c"}, cid=2)
             clients[flag] = client
         if kind == "invoke":
-            packets = json.dumps([{"event": "echo", "data": i, "cid": 10 + i} for i in range(BATCH)])
+            packets = json.dumps(
+                [{"event": "echo", "data": i, "cid": 10 + i} for i in range(BATCH)]
+            )
             expect = BATCH
         else:  # each publish: one ack to the publisher and one delivery (it is subscribed)
             packets = json.dumps(
@@ -103,19 +105,18 @@ async def idle_memory(n: int = 2000) -> dict[str, float]:
     async with trio.open_nursery() as nursery:
         tracemalloc.start()
         before = tracemalloc.take_snapshot()
-        tasks_before = len(trio.lowlevel.current_root_task().child_nurseries[0].child_tasks)
+        tasks_before = trio.lowlevel.current_statistics().tasks_living
         clients = [await connect(nursery, server) for _ in range(n)]
         after = tracemalloc.take_snapshot()
         tracemalloc.stop()
         total = sum(s.size_diff for s in after.compare_to(before, "filename"))
-        tasks = len(trio.lowlevel.current_root_task().child_nurseries[0].child_tasks)
         stats = trio.lowlevel.current_statistics()
         nursery.cancel_scope.cancel()
     del clients
     return {
         "bytes_per_connection_incl_test_client": total / n,
         "tasks_total": stats.tasks_living,
-        "tasks_per_connection": (stats.tasks_living - tasks_before) / n if tasks else 0.0,
+        "tasks_per_connection": (stats.tasks_living - tasks_before) / n,
     }
 
 
