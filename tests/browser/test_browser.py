@@ -177,9 +177,7 @@ class ChatServer:
 
 
 @pytest.fixture
-def chat_server(
-    request: pytest.FixtureRequest, browser_ready: None, tmp_path: Path
-) -> Iterator[ChatServer]:
+def chat_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChatServer]:
     scenario: str = request.param
     key_file = tmp_path / "auth.key"
     key_file.write_text(secrets.token_hex(32))
@@ -266,35 +264,35 @@ def run_driver(scenario: str, server: ChatServer) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("chat_server", ["login-chat"], indirect=True)
-def test_login_send_and_receive(chat_server: ChatServer) -> None:
+def test_login_send_and_receive(browser_ready: None, chat_server: ChatServer) -> None:
     """Log in (after a wrong password), channels from the token, alice and bob chat; the
     seed's publish middleware refuses a channel outside the token."""
     run_driver("login-chat", chat_server)
 
 
 @pytest.mark.parametrize("chat_server", ["reconnect"], indirect=True)
-def test_lost_connection_keeps_the_login(chat_server: ChatServer) -> None:
+def test_lost_connection_keeps_the_login(browser_ready: None, chat_server: ChatServer) -> None:
     """The server stops and starts on the same port: the page reconnects, is authenticated from
     the stored token and never shows the login form; a reload goes straight to the chat."""
     run_driver("reconnect", chat_server)
 
 
 @pytest.mark.parametrize("chat_server", ["tabs"], indirect=True)
-def test_two_tabs_share_the_login(chat_server: ChatServer) -> None:
+def test_two_tabs_share_the_login(browser_ready: None, chat_server: ChatServer) -> None:
     """Logging in in one tab authenticates the other without typing; logging out in one logs
     both out (on the server too)."""
     run_driver("tabs", chat_server)
 
 
 @pytest.mark.parametrize("chat_server", ["expiry"], indirect=True)
-def test_token_expiry_logs_out(chat_server: ChatServer) -> None:
+def test_token_expiry_logs_out(browser_ready: None, chat_server: ChatServer) -> None:
     """A short-lived token and no renewal: both tabs show the login form at expiry, with no
     user action."""
     run_driver("expiry", chat_server)
 
 
 @pytest.mark.parametrize("chat_server", ["renewal"], indirect=True)
-def test_token_renewal_keeps_the_login(chat_server: ChatServer) -> None:
+def test_token_renewal_keeps_the_login(browser_ready: None, chat_server: ChatServer) -> None:
     """The renewal hook replaces the token before it expires; the page stays logged in."""
     run_driver("renewal", chat_server)
 
