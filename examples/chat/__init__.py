@@ -1,11 +1,13 @@
 """A small chat on trio-socketcluster: the seed's two promises, in a browser.
 
-Run it from a checkout (the page loads the ``socketcluster-client`` v20 browser bundle, which
-``python -m examples.chat.vendor`` copies from npm into ``static/vendor/``), then open
-http://127.0.0.1:8000/::
+Run it from a checkout, then open http://127.0.0.1:8000/::
 
-    python -m examples.chat.vendor
-    trio-socketcluster serve examples.chat:app
+    trio-socketcluster serve examples.chat:app --auth-key-file auth.key
+
+The page loads the ``socketcluster-client`` v20 browser bundle from ``static/vendor/``: the
+factory copies it there from ``tests/interop/node_modules`` (installed by the interop tests);
+``python -m examples.chat.vendor`` runs ``npm ci`` there first when it is missing. The key file
+(any secret) keeps logins valid across server restarts.
 
 What the server does, all on the public API:
 
@@ -170,7 +172,9 @@ def app() -> Server:
         raise SystemExit("CHAT_TOKEN_TTL must be positive")
     if renew and renew >= ttl:
         raise SystemExit("CHAT_RENEW must be shorter than CHAT_TOKEN_TTL (or 0 for no renewal)")
-    if not BUNDLE.exists():
+    from .vendor import ensure_bundle  # here: `python -m examples.chat.vendor` imports us
+
+    if not ensure_bundle(install=False):  # copies from tests/interop/node_modules if there
         log.warning(
             "%s is missing: run `python -m examples.chat.vendor` (it needs npm) before "
             "opening the page",
