@@ -577,6 +577,10 @@ class ServerSocket:
             except TransportClosed as exc:
                 self.close_code, self.close_reason = exc.code, exc.reason
                 return
+            # Any inbound message proves the client alive (the v14 rule): under load the
+            # reader may be behind, and a pong queued behind data must not cost the
+            # busiest clients their connection.
+            self._last_pong = trio.current_time()
             for text in messages:
                 for action, packet in machine.receive(text):
                     await self._dispatch(action, packet)
@@ -591,7 +595,6 @@ class ServerSocket:
             case Action.PUBLISH:
                 await self._on_publish(packet)
             case Action.PONG:
-                self._last_pong = trio.current_time()
                 self._check_expiry()
             case Action.RESPONSE:
                 self._on_response(packet)
