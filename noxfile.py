@@ -31,3 +31,9 @@ def typecheck(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict")
+
+
+@nox.session(python=False)
+def bench(session: nox.Session) -> None:
+    """The benchmarks side by side with the Node reference (``-- --quick`` for a short run)."""
+    session.run(".venv/bin/python", "benchmarks/run.py", *session.posargs, external=True)
