@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from redisserver import RedisServer
 from wsclient import ClientFactory, RawClient, new_client
 
 from trio_socketcluster import Server
 
 AUTH_KEY = "test-auth-key"
-
 
 
 @pytest.fixture
@@ -45,6 +45,15 @@ async def connect(nursery: trio.Nursery) -> AsyncIterator[ClientFactory]:
     yield factory
     for client in clients:  # EOF ends each server connection at once
         await trio.aclose_forcefully(client.stream)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real ``redis-server`` on a free port, for one test (skips without redis-server)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 def pytest_configure(config: Any) -> None:

@@ -1,8 +1,8 @@
 """The Python client against real servers over TCP: the same scenarios against our server
 (``examples/conformance_app.py``'s ``build_server``, in-process on port 0, protocol detected
 automatically) and against the Node reference servers (``benchmarks/node/conformance14.js``,
-protocol 1, and ``conformance19.js``, protocol 2; marked ``interop``, skipped without node or
-``tests/interop/node_modules``).
+protocol 1, and ``conformance19.js``, protocol 2; marked ``interop``, skipped without node and
+npm; ``tests/interop/node_modules`` is installed as ``test_interop`` does).
 
 Real sockets mean real time (no mock clock). Where the reference servers only notice token
 expiry lazily, on the next inbound event, the expiry test sleeps until ``exp`` has passed and
@@ -12,28 +12,21 @@ then sends one; against our server, which pushes ``#removeAuthToken`` at ``exp``
 from __future__ import annotations
 
 import importlib.util
-import os
 import secrets
-import select
-import shutil
-import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import trio
+from procs import INTEROP, REPO, Process, npm_ci
 
 from trio_socketcluster import Server
 from trio_socketcluster.client import ChannelState, Client, ClientState, MemoryTokenStore, connect
 from trio_socketcluster.errors import SocketClusterError
 
-REPO = Path(__file__).resolve().parent.parent
-NODE_MODULES = REPO / "tests" / "interop" / "node_modules"
 NODE_APPS = {
     "node14": (REPO / "benchmarks" / "node" / "conformance14.js", 1),
     "node19": (REPO / "benchmarks" / "node" / "conformance19.js", 2),
@@ -74,57 +67,23 @@ class NodeServers:
     """The reference servers, each started on first use and stopped with the module."""
 
     def __init__(self) -> None:
-        self.procs: dict[str, tuple[subprocess.Popen[str], int]] = {}
+        self.procs: dict[str, Process] = {}
 
     def url(self, name: str) -> str:
-        if shutil.which("node") is None or not NODE_MODULES.is_dir():
-            pytest.skip("node and tests/interop/node_modules (npm ci) are needed")
+        node = npm_ci(INTEROP, "the interop tests")
         if name not in self.procs:
-            self.procs[name] = self._start(name)
-        proc, port = self.procs[name]
-        if proc.poll() is not None:
-            pytest.fail(f"{name} exited with {proc.returncode}")
-        return f"ws://127.0.0.1:{port}/socketcluster/"
-
-    @staticmethod
-    def _start(name: str) -> tuple[subprocess.Popen[str], int]:
-        script, _ = NODE_APPS[name]
-        env = dict(os.environ, PORT="0", HOST="127.0.0.1", AUTH_KEY=secrets.token_hex(16))
-        proc = subprocess.Popen(
-            ["node", str(script)],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert proc.stdout is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
-            if not ready:
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("READY "):
-                return proc, int(line.split()[1])
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"{name} did not print READY <port>")
+            script, _ = NODE_APPS[name]
+            env = {"PORT": "0", "HOST": "127.0.0.1", "AUTH_KEY": secrets.token_hex(16)}
+            self.procs[name] = Process([node, str(script)], cwd=REPO, env=env)
+            self.procs[name].wait_ready(READY_TIMEOUT_S, name)
+        process = self.procs[name]
+        if process.proc.poll() is not None:
+            pytest.fail(f"{name} exited with {process.proc.returncode}")
+        return f"ws://127.0.0.1:{process.port}/socketcluster/"
 
     def stop(self) -> None:
-        for proc, _ in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+        for process in self.procs.values():
+            process.stop()
 
 
 @pytest.fixture(scope="module")

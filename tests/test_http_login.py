@@ -5,34 +5,25 @@ v20 (protocol 2) connecting with that token in its token storage (``tests/intero
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import queue
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import INTEROP, REPO, Process, npm_ci
 
 from trio_socketcluster import AuthEngine, Keyring
 
 pytestmark = pytest.mark.interop
 
-REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "examples" / "http_login.py"
-INTEROP = REPO / "tests" / "interop"
 CLIENT_JS = INTEROP / "http_login.js"
 READY_TIMEOUT_S = 20.0
 CLIENT_TIMEOUT_S = 30.0
@@ -40,114 +31,40 @@ CLIENT_TIMEOUT_S = 30.0
 
 @dataclass
 class App:
-    proc: subprocess.Popen[str]
+    process: Process
     http_port: int
     ws_port: int
     auth_key: str
-    stderr_path: Path
 
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.ws_port}/socketcluster/"
 
     def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-
-def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
-    with stream:
-        for line in stream:
-            lines.put(line)
-    lines.put(None)
+        return self.process.stderr_text()
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     pytest.importorskip("hypercorn", reason="examples/http_login.py needs hypercorn")
     auth_key = secrets.token_hex(16)
-    env = dict(
-        os.environ,
-        HTTP_PORT="0",
-        WS_PORT="0",
-        AUTH_KEY=auth_key,
-        HOST="127.0.0.1",
-        PYTHONUNBUFFERED="1",
-    )
+    env = {"HTTP_PORT": "0", "WS_PORT": "0", "AUTH_KEY": auth_key, "HOST": "127.0.0.1"}
     stderr_path = tmp_path_factory.mktemp("http-login") / "stderr"
-    with open(stderr_path, "w") as stderr_file:
-        proc = subprocess.Popen(
-            [sys.executable, str(APP)],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr_file,
-            text=True,
-        )
-    lines: queue.Queue[str | None] = queue.Queue()
-    pump = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
-    pump.start()
-    running: App | None = None
+    process = Process([sys.executable, str(APP)], cwd=REPO, env=env, stderr_path=stderr_path)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while running is None:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                line = None
-            if line is None:
-                pytest.fail(
-                    f"http_login.py did not print READY (exit {proc.poll()}):\n"
-                    f"{stderr_path.read_text(errors='replace')[-4000:]}"
-                )
-            if line.startswith("READY "):
-                _, http_port, ws_port = line.split()
-                running = App(proc, int(http_port), int(ws_port), auth_key, stderr_path)
+        http_port, ws_port = process.wait_ready(READY_TIMEOUT_S, "http_login.py")
+        running = App(process, http_port, ws_port, auth_key)
         yield running
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        pump.join(timeout=5)
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{running.stderr()[-4000:]}"
+        code = process.stop(10)
+    assert code == 0, f"exit {code}:\n{running.stderr()[-4000:]}"
     assert "Traceback" not in running.stderr(), running.stderr()[-4000:]
-
-
-def _needs_install() -> bool:
-    marker = INTEROP / "node_modules" / ".package-lock.json"
-    lock = INTEROP / "package-lock.json"
-    return not marker.exists() or marker.stat().st_mtime < lock.stat().st_mtime
 
 
 @pytest.fixture(scope="module")
 def node() -> str:
     """The node executable, with the npm clients installed (``npm ci``, as test_interop does)."""
-    node_path, npm_path = shutil.which("node"), shutil.which("npm")
-    if node_path is None or npm_path is None:
-        pytest.skip("node and npm are needed for the interop tests")
-    if _needs_install():
-        lock_path = Path(tempfile.gettempdir()) / f"sc-interop-npm-{os.getuid()}.lock"
-        with open(lock_path, "w") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                if _needs_install():
-                    proc = subprocess.run(
-                        [npm_path, "ci", "--no-audit", "--no-fund"],
-                        cwd=INTEROP,
-                        capture_output=True,
-                        text=True,
-                        timeout=300,
-                        check=False,
-                    )
-                    if proc.returncode != 0:
-                        pytest.fail(f"npm ci failed:\n{proc.stdout}\n{proc.stderr}")
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
-    return node_path
+    return npm_ci(INTEROP, "the interop tests")
 
 
 # ---------------------------------------------------------------------------------------------

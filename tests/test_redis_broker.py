@@ -10,17 +10,16 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import coredis
 import pytest
 import trio
 import trio.testing
+from procs import INTEROP, npm_ci
 from redisserver import RedisServer, redis_app
 from wsclient import RawClient, new_client
 
@@ -29,7 +28,6 @@ from trio_socketcluster.brokers.redis import RedisBroker, derive_bus_key
 from trio_socketcluster.transport.base import OutboundMessage
 
 KEY = "cluster-test-key"
-INTEROP = Path(__file__).resolve().parent / "interop"
 
 
 class Sub:
@@ -49,14 +47,6 @@ class Sub:
         while len(self.got) < n:
             self.arrived = trio.Event()
             await self.arrived.wait()
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -301,10 +291,9 @@ def test_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _node(script_args: list[str], timeout_s: float = 60.0) -> dict[str, Any]:
-    if shutil.which("node") is None or not (INTEROP / "node_modules" / "sc-client-20").exists():
-        pytest.skip("node and the npm clients (tests/interop/node_modules) are needed")
+    node = npm_ci(INTEROP, "the interop tests")
     proc = subprocess.run(
-        ["node", str(INTEROP / "cluster.js"), *script_args],
+        [node, str(INTEROP / "cluster.js"), *script_args],
         capture_output=True, text=True, timeout=timeout_s, check=False, cwd=INTEROP,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -317,11 +306,11 @@ def two_processes(redis_server: RedisServer) -> Iterator[list[str]]:
     auth_key = os.urandom(16).hex()
     apps = [redis_app(redis_server.url, auth_key) for _ in range(2)]
     try:
-        urls = [f"ws://127.0.0.1:{app.wait_ready()}/socketcluster/" for app in apps]
+        urls = [f"ws://127.0.0.1:{app.wait_ready(30)[0]}/socketcluster/" for app in apps]
         yield urls
     finally:
         for app in apps:
-            assert app.stop() == 0, app.stderr_text()
+            assert app.stop(20) == 0, app.stderr_text()
 
 
 @pytest.mark.interop

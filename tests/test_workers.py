@@ -13,32 +13,25 @@ from typing import Any
 
 import pytest
 import trio
-from redisserver import TESTS, AppProcess, RedisServer
+from procs import TESTS, Process
+from redisserver import RedisServer
 from wsclient import Closed, RawClient, new_client
 
 WORKERS = 3
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def launcher(redis_server: RedisServer) -> Iterator[AppProcess]:
-    app = AppProcess(
+def launcher(redis_server: RedisServer) -> Iterator[Process]:
+    app = Process(
         [sys.executable, "-m", "trio_socketcluster.cli", "serve", "redis_app:make_server",
          "--workers", str(WORKERS), "--broker", redis_server.url, "--port", "0"],
-        {},
+        new_session=True,
     )  # fmt: skip
     try:
-        app.wait_ready()
+        app.wait_ready(30)
         yield app
     finally:
-        app.stop()
+        app.stop(20)
 
 
 _OPEN: list[RawClient] = []
@@ -83,7 +76,8 @@ async def _next_event(client: RawClient, event: str) -> Any:
             return packet.get("data")
 
 
-async def _stderr_line(app: AppProcess, needle: str, timeout_s: float = 20.0) -> str:
+async def _stderr_line(app: Process, needle: str, timeout_s: float = 20.0) -> str:
+    assert app.errors is not None
     with trio.fail_after(timeout_s):
         while True:
             try:
@@ -96,7 +90,7 @@ async def _stderr_line(app: AppProcess, needle: str, timeout_s: float = 20.0) ->
 
 
 @pytest.mark.usefixtures("close_clients")
-async def test_workers_share_the_port_the_load_and_the_bus(launcher: AppProcess) -> None:
+async def test_workers_share_the_port_the_load_and_the_bus(launcher: Process) -> None:
     with trio.fail_after(30):
         clients = await _by_worker(launcher.port, 24)
         assert len(clients) >= 2  # the kernel spread the connections (3 workers, 24 tries)
@@ -127,7 +121,7 @@ async def test_workers_share_the_port_the_load_and_the_bus(launcher: AppProcess)
 
 @pytest.mark.usefixtures("close_clients")
 async def test_a_killed_worker_is_replaced_and_the_others_keep_serving(
-    launcher: AppProcess,
+    launcher: Process,
 ) -> None:
     with trio.fail_after(60):
         clients = await _by_worker(launcher.port, 24)

@@ -14,24 +14,21 @@ the socketcluster-client v20 browser bundle next to the page).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import queue
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
+from procs import Lines, free_port, npm_ci, stop
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -61,36 +58,11 @@ SCENARIOS: dict[str, dict[str, str]] = {
 # Set-up: chromium, playwright-core, the client bundle
 
 
-def _needs_npm_ci() -> bool:
-    marker = HERE / "node_modules" / ".package-lock.json"
-    lock = HERE / "package-lock.json"
-    return not marker.exists() or marker.stat().st_mtime < lock.stat().st_mtime
-
-
 @pytest.fixture(scope="session")
 def browser_ready() -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is absent: apt-get install chromium (or set CHROMIUM_PATH)")
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are needed for the browser tests")
-    if _needs_npm_ci():
-        lock_path = Path(tempfile.gettempdir()) / f"sc-browser-npm-{os.getuid()}.lock"
-        with open(lock_path, "w") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                if _needs_npm_ci():
-                    proc = subprocess.run(
-                        ["npm", "ci", "--no-audit", "--no-fund"],
-                        cwd=HERE,
-                        capture_output=True,
-                        text=True,
-                        timeout=300,
-                        check=False,
-                    )
-                    if proc.returncode != 0:
-                        pytest.fail(f"npm ci failed:\n{proc.stdout}\n{proc.stderr}")
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+    npm_ci(HERE, "the browser tests")
     proc = subprocess.run(
         [sys.executable, "-m", "examples.chat.vendor"],
         cwd=REPO,
@@ -106,12 +78,6 @@ def browser_ready() -> None:
 
 # --------------------------------------------------------------------------------------------
 # The chat server, through the CLI
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ChatServer:
@@ -160,14 +126,10 @@ class ChatServer:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(sig)
-        try:
-            return proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        code = stop(proc, sig, STOP_TIMEOUT_S)
+        if code == -signal.SIGKILL:
             pytest.fail(f"the chat server ignored {sig.name} for {STOP_TIMEOUT_S}s")
+        return code
 
     def log(self) -> str:
         try:
@@ -182,7 +144,7 @@ def chat_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chat
     key_file = tmp_path / "auth.key"
     key_file.write_text(secrets.token_hex(32))
     key_file.chmod(0o600)
-    server = ChatServer(_free_port(), key_file, SCENARIOS[scenario], tmp_path / "server.log")
+    server = ChatServer(free_port(), key_file, SCENARIOS[scenario], tmp_path / "server.log")
     server.start()
     try:
         yield server
@@ -192,13 +154,6 @@ def chat_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chat
 
 # --------------------------------------------------------------------------------------------
 # The driver
-
-
-def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    with stream:
-        for line in stream:
-            lines.put(line)
-    lines.put(None)
 
 
 def run_driver(scenario: str, server: ChatServer) -> dict[str, Any]:
@@ -212,8 +167,7 @@ def run_driver(scenario: str, server: ChatServer) -> dict[str, Any]:
         text=True,
     )
     assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    lines = Lines(proc.stdout)
     steps: list[str] = []
     result: dict[str, Any] | None = None
     deadline = time.monotonic() + SCENARIO_TIMEOUT_S

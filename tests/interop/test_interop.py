@@ -20,24 +20,20 @@ token expiry is pushed at ``exp``), the assertion depends on ``IS_REFERENCE``.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import queue
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import Process, npm_ci
 
 pytestmark = pytest.mark.interop
 
@@ -99,34 +95,9 @@ def _server_key(target: str, major: int) -> str:
 # npm ci
 
 
-def _needs_install() -> bool:
-    marker = HERE / "node_modules" / ".package-lock.json"
-    lock = HERE / "package-lock.json"
-    return not marker.exists() or marker.stat().st_mtime < lock.stat().st_mtime
-
-
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are needed for the interop tests")
-    if _needs_install():
-        lock_path = Path(tempfile.gettempdir()) / f"sc-interop-npm-{os.getuid()}.lock"
-        with open(lock_path, "w") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                if _needs_install():
-                    proc = subprocess.run(
-                        ["npm", "ci", "--no-audit", "--no-fund"],
-                        cwd=HERE,
-                        capture_output=True,
-                        text=True,
-                        timeout=300,
-                        check=False,
-                    )
-                    if proc.returncode != 0:
-                        pytest.fail(f"npm ci failed:\n{proc.stdout}\n{proc.stderr}")
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+    npm_ci(HERE, "the interop tests")
     return HERE / "node_modules"
 
 
@@ -137,86 +108,35 @@ def node_modules() -> Path:
 @dataclass
 class RunningServer:
     key: str
-    proc: subprocess.Popen[str]
+    process: Process
     port: int
     auth_key: str
-    stderr_path: Path
-    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
-    pump: threading.Thread | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        return self.process.proc
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/socketcluster/"
 
     def stderr_tail(self) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-
-def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
-    with stream:
-        for line in stream:
-            lines.put(line)
-    lines.put(None)
+        return self.process.stderr_text()[-4000:]
 
 
 def _start_server(key: str, tmp: Path) -> RunningServer:
     auth_key = secrets.token_hex(16)
-    env = dict(os.environ, PORT="0", AUTH_KEY=auth_key, HOST="127.0.0.1")
+    env = {"PORT": "0", "AUTH_KEY": auth_key, "HOST": "127.0.0.1"}
     if key.startswith("python-"):
         if not PYTHON_APP.exists():
             pytest.skip(f"{PYTHON_APP.relative_to(REPO)} does not exist yet")
         env["TRANSPORT"] = key.removeprefix("python-")
-        env["PYTHONUNBUFFERED"] = "1"
         cmd = [sys.executable, str(PYTHON_APP)]
     else:
         cmd = ["node", str(NODE_APPS[key])]
-    stderr_path = tmp / f"{key}.stderr"
-    with open(stderr_path, "w") as stderr_file:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr_file,
-            text=True,
-        )
-    server = RunningServer(key, proc, 0, auth_key, stderr_path)
-    server.pump = threading.Thread(target=_pump, args=(proc.stdout, server.lines), daemon=True)
-    server.pump.start()
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            line = server.lines.get(timeout=max(remaining, 0.01))
-        except queue.Empty:
-            line = None
-        if line is not None and line.startswith("READY "):
-            server.port = int(line.split()[1])
-            return server
-        if line is None:
-            _stop_server(server)
-            pytest.fail(
-                f"{key} server did not print READY <port> within {READY_TIMEOUT}s "
-                f"(exit={proc.returncode}):\n{server.stderr_tail()}"
-            )
-
-
-def _stop_server(server: RunningServer) -> int | None:
-    proc = server.proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    if server.pump is not None:
-        server.pump.join(timeout=5)  # EOF once the process is gone; the pump closes the pipe
-    return proc.returncode
+    process = Process(cmd, cwd=REPO, env=env, stderr_path=tmp / f"{key}.stderr")
+    port = process.wait_ready(READY_TIMEOUT, f"{key} server")[0]
+    return RunningServer(key, process, port, auth_key)
 
 
 class Servers:
@@ -279,7 +199,7 @@ class Servers:
 
     def close(self) -> None:
         for server in self.servers.values():
-            _stop_server(server)
+            server.process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -553,4 +473,4 @@ def test_server_stops_cleanly(node_modules: Path, target: str) -> None:
     with tempfile.TemporaryDirectory(prefix="sc-interop-stop-") as tmp:
         for key in keys:
             server = _start_server(key, Path(tmp))
-            assert _stop_server(server) == 0, server.stderr_tail()
+            assert server.process.stop() == 0, server.stderr_tail()
