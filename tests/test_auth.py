@@ -6,7 +6,6 @@ Security-specific attacks (algorithm confusion, kid tricks, forged headers) live
 
 from __future__ import annotations
 
-import ast
 import base64
 import datetime as dt
 import functools
@@ -14,7 +13,6 @@ import hashlib
 import hmac
 import json
 import math
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -130,20 +128,7 @@ def asym_keyring(kind: str, *, kid: str | None = None, private: bool = True) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# Purity
-
-
-def test_auth_module_imports_no_io_clock_or_randomness() -> None:
-    forbidden = {"trio", "socket", "time", "random", "secrets", "os", "wsproto", "trio_websocket"}
-    tree = ast.parse(Path(auth_module.__file__).read_text(encoding="utf-8"))
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            imported.add(node.module.split(".")[0])
-    assert imported, "the scan found no imports at all"
-    assert not imported & forbidden
+# Purity (the import scan of every pure module is in test_exports.py)
 
 
 def test_module_docstring_says_what_it_owns() -> None:

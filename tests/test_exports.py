@@ -27,7 +27,7 @@ PURE_MODULES = sorted(
 )
 
 FORBIDDEN = frozenset(
-    {"trio", "wsproto", "trio_websocket", "socket", "time", "random", "secrets", "asyncio"}
+    {"trio", "wsproto", "trio_websocket", "socket", "time", "random", "secrets", "asyncio", "os"}
 )
 
 
@@ -93,7 +93,10 @@ def test_pure_module_list_is_not_empty() -> None:
 @pytest.mark.parametrize("path", PURE_MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_pure_layers_import_no_io_clock_or_randomness(path: Path) -> None:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    assert not (_imported_roots(tree) & FORBIDDEN)
+    roots = _imported_roots(tree)
+    if path.name != "__init__.py":  # protocol/__init__.py only re-exports (relative imports)
+        assert roots, "the scan found no imports at all"
+    assert not (roots & FORBIDDEN)
 
 
 @pytest.mark.parametrize("path", PURE_MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))

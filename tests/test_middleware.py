@@ -3,13 +3,11 @@ stateful check of subscribe middleware in front of a tiny subscription table."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import gc
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -510,25 +508,6 @@ def test_registry_order_remove_and_decorator() -> None:
         reg.add("emit", a)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         reg.add(Hook.EMIT, 42)  # type: ignore[arg-type]
-
-
-# --- purity ------------------------------------------------------------------------------------
-
-FORBIDDEN = {"trio", "socket", "time", "random", "os", "wsproto", "trio_websocket", "asyncio"}
-
-
-def test_middleware_module_is_pure() -> None:
-    import trio_socketcluster.middleware as mod
-
-    assert mod.__doc__
-    tree = ast.parse(Path(mod.__file__).read_text())
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & FORBIDDEN
 
 
 # --- stateful: subscribe middleware in front of a subscription table ----------------------------
