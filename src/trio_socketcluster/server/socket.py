@@ -557,10 +557,15 @@ class ServerSocket:
             if inspect.isawaitable(result):
                 result = await result
             if result is not None:
-                # A renewed token gets fresh time claims, even if the hook returned the old
-                # payload (whose exp would otherwise win and expire it anyway).
+                # A renewed token gets fresh time claims (even if the hook returned the old
+                # payload, whose exp would otherwise win) and the lifetime of the token it
+                # replaces: a 5-minute login stays a 5-minute token.
                 fresh = {k: v for k, v in result.items() if k not in ("iat", "exp", "nbf")}
-                await self.set_auth_token(fresh)
+                exp, iat = token.get("exp"), token.get("iat")
+                lifetime = None
+                if isinstance(exp, int | float) and isinstance(iat, int | float) and exp > iat:
+                    lifetime = exp - iat
+                await self.set_auth_token(fresh, expires_in_s=lifetime)
         except errors.SocketClusterError as exc:
             log.warning("token renewal for socket %s failed: %s", self.id, exc)
         except Exception:
