@@ -22,9 +22,7 @@ frame built per receiver); it exists for embedding, not for throughput.
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
-from enum import Enum
 from typing import Any
 
 import trio
@@ -36,13 +34,8 @@ from trio_websocket import (
     WebSocketRequest,
 )
 
-from .base import (
-    SLOW_CONSUMER_CLOSE_CODE,
-    HandshakeRequest,
-    OutboundMessage,
-    TransportClosed,
-    UpgradeCheck,
-)
+from ._common import OutboundTransport, State, sendable_code, truncate_reason
+from .base import HandshakeRequest, OutboundMessage, UpgradeCheck
 
 __all__ = ["TrioWebsocketTransport", "accept_trio_websocket"]
 
@@ -55,23 +48,6 @@ _ERRORS: tuple[type[Exception], ...] = (
     trio.ClosedResourceError,
     OSError,
 )
-
-
-class _State(Enum):
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-def _sendable_code(code: int) -> int:
-    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
-        return code
-    return 1000
-
-
-def _truncate_reason(reason: str) -> str:
-    raw = reason.encode("utf-8")
-    return reason if len(raw) <= 123 else raw[:123].decode("utf-8", errors="ignore")
 
 
 def _reraise_cancelled(group: BaseExceptionGroup[Any]) -> None:
@@ -147,7 +123,7 @@ async def accept_trio_websocket(
     return TrioWebsocketTransport(ws, req, max_buffer_bytes=max_buffer_bytes)
 
 
-class TrioWebsocketTransport:
+class TrioWebsocketTransport(OutboundTransport):
     """``Transport`` over an accepted ``trio_websocket.WebSocketConnection``."""
 
     def __init__(
@@ -158,42 +134,22 @@ class TrioWebsocketTransport:
         max_buffer_bytes: int = 8 * 2**20,
         close_timeout_s: float = 2.0,
     ) -> None:
+        super().__init__(
+            request, max_buffer_bytes=max_buffer_bytes, close_timeout_s=close_timeout_s
+        )
         self._ws = ws
-        self._request = request
-        self._max_buffer_bytes = max_buffer_bytes
-        self._close_timeout_s = close_timeout_s
-        self._state = _State.OPEN
-        self._close: TransportClosed | None = None
         self._prio: deque[OutboundMessage] = deque()
         self._queue: deque[OutboundMessage] = deque()
         self._bytes = 0
-        self._sending = False
-        self._send_deadline = math.inf
-        self._send_scope: trio.CancelScope | None = None
-        self._abort_after_flush = False
-        self._wake = trio.Event()
-        self._idle = trio.lowlevel.ParkingLot()
         self._ws_closed = trio.Event()
-
-    @property
-    def request(self) -> HandshakeRequest:
-        """The upgrade request this connection was accepted with."""
-        return self._request
 
     @property
     def buffered_bytes(self) -> int:
         """Payload bytes queued and not yet handed to ``send_message``."""
         return self._bytes
 
-    @property
-    def closed(self) -> bool:
-        """True once closing has begun (by either side): sends are ignored from then on."""
-        return self._state is not _State.OPEN
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code ``receive`` reports (``None`` while open)."""
-        return None if self._close is None else self._close.code
+    def _queued(self) -> bool:
+        return bool(self._prio or self._queue)
 
     # ----------------------------------------------------------------- receiving
 
@@ -203,7 +159,7 @@ class TrioWebsocketTransport:
         Cancellation leaves the transport usable (trio-websocket's queue keeps the message).
         """
         while True:
-            if self._state is _State.CLOSED:
+            if self._state is State.CLOSED:
                 raise self._closed_exc()
             try:
                 message = await self._ws.get_message()
@@ -225,7 +181,7 @@ class TrioWebsocketTransport:
                 except UnicodeDecodeError:
                     await self.close(1007, "Invalid UTF-8")
                     raise self._closed_exc() from None
-            if self._state is _State.OPEN:
+            if self._state is State.OPEN:
                 return [message]
 
     def _on_ws_closed(self, reason: CloseReason | None) -> None:
@@ -234,7 +190,7 @@ class TrioWebsocketTransport:
         else:
             code = reason.code
             self._set_close(1005 if code is None else code, reason.reason or "")
-        self._state = _State.CLOSED
+        self._state = State.CLOSED
         self._prio.clear()
         self._queue.clear()
         self._bytes = 0
@@ -252,7 +208,7 @@ class TrioWebsocketTransport:
         self._enqueue(self._prio, message)
 
     def _enqueue(self, queue: deque[OutboundMessage], message: OutboundMessage) -> None:
-        if self._state is not _State.OPEN:
+        if self._state is not State.OPEN:
             return
         n = len(message.payload)
         if self._bytes + n > self._max_buffer_bytes:
@@ -266,20 +222,14 @@ class TrioWebsocketTransport:
     def _overflow(self) -> None:
         self._queue.clear()
         self._bytes = sum(len(m.payload) for m in self._prio)
-        self._set_close(SLOW_CONSUMER_CLOSE_CODE, "Slow consumer")
-        self._state = _State.CLOSING
-        self._abort_after_flush = True
-        self._send_deadline = trio.current_time() + self._close_timeout_s
-        if self._send_scope is not None:
-            self._send_scope.deadline = self._send_deadline
-        self._wake.set()
+        self._slow_consumer()
 
     async def flush(self) -> None:
         """Send what is queued (priority first), unless a flush is already running.
 
         Never raises except ``Cancelled``; a failed write closes the transport (1006).
         """
-        if self._sending or self._state is _State.CLOSED:
+        if self._sending or self._state is State.CLOSED:
             return
         self._sending = True
         ok = False
@@ -309,20 +259,6 @@ class TrioWebsocketTransport:
             self._set_close(1006, "")
             await self._finish()
 
-    async def run_writer(self) -> None:
-        """Flush whenever something is queued; return (never raise) once closed."""
-        while self._state is not _State.CLOSED:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self.flush()
-
-    async def _drain(self) -> None:
-        while (self._prio or self._queue or self._sending) and self._state is not _State.CLOSED:
-            if self._sending:
-                await self._idle.park()
-            else:
-                await self.flush()
-
     # ----------------------------------------------------------------- closing
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -330,11 +266,11 @@ class TrioWebsocketTransport:
         1000, the reason is cut to 123 bytes); waits at most ``close_timeout_s`` (2 s) for the
         queue and again for the closing handshake. Idempotent. Cancellation closes the stream.
         """
-        if self._state is _State.OPEN:
-            code = _sendable_code(code)
-            reason = _truncate_reason(reason)
+        if self._state is State.OPEN:
+            code = sendable_code(code)
+            reason = truncate_reason(reason)
             self._set_close(code, reason)
-            self._state = _State.CLOSING
+            self._state = State.CLOSING
             with trio.move_on_after(self._close_timeout_s):
                 await self._drain()
         await self._finish()
@@ -342,7 +278,7 @@ class TrioWebsocketTransport:
     async def aclose(self) -> None:
         """Close the stream at once, without a closing handshake. Idempotent."""
         self._set_close(1006, "")
-        self._state = _State.CLOSED
+        self._state = State.CLOSED
         try:
             await trio.aclose_forcefully(self._ws)
         except Exception:
@@ -353,14 +289,14 @@ class TrioWebsocketTransport:
 
     async def _finish(self) -> None:
         """Run trio-websocket's closing handshake with our close code, bounded in time."""
-        if self._state is _State.CLOSED:
+        if self._state is State.CLOSED:
             await self._ws_closed.wait()
             return
-        self._state = _State.CLOSED
+        self._state = State.CLOSED
         self._set_close(1006, "")
         assert self._close is not None
-        code = _sendable_code(self._close.code)
-        reason = _truncate_reason(self._close.reason) or None
+        code = sendable_code(self._close.code)
+        reason = truncate_reason(self._close.reason) or None
         self._prio.clear()
         self._queue.clear()
         self._bytes = 0
@@ -374,11 +310,3 @@ class TrioWebsocketTransport:
             _reraise_cancelled(group)
         finally:
             self._ws_closed.set()
-
-    def _set_close(self, code: int, reason: str) -> None:
-        if self._close is None:
-            self._close = TransportClosed(code, reason)
-
-    def _closed_exc(self) -> TransportClosed:
-        c = self._close
-        return TransportClosed(1006) if c is None else TransportClosed(c.code, c.reason)

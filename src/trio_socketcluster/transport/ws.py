@@ -22,7 +22,9 @@ ignored, and the write of what is in flight plus the close frame gets ``close_ti
 before the stream is closed regardless; ``receive`` then raises ``TransportClosed(4100)``.
 
 Close state lives in two fields: ``_state`` (OPEN → CLOSING → CLOSED) and ``_close`` (the
-``TransportClosed`` that ``receive`` raises: the first close decided, ours or the peer's).
+``TransportClosed`` that ``receive`` raises: the first close decided, ours or the peer's); they,
+the writer (``run_writer``, ``_drain``) and the overflow bookkeeping are ``_common``'s, shared
+with the trio-websocket adapter.
 
 Close codes that RFC 6455 forbids on the wire (1004-1006, 1015, anything outside 1000-1014
 and 3000-4999) are sent as 1000, and the transport reports 1000 for them.
@@ -33,9 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import math
 from collections.abc import Awaitable, Callable
-from enum import Enum
 from http import HTTPStatus
 from typing import cast
 
@@ -51,6 +51,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
+from ._common import OutboundTransport, State, sendable_code, truncate_reason
 from .base import (
     SLOW_CONSUMER_CLOSE_CODE,
     HandshakeRequest,
@@ -65,39 +66,14 @@ __all__ = ["WsprotoTransport", "accept_websocket"]
 _log = logging.getLogger(__name__)
 
 _READ_SIZE = 65536
-_MAX_REASON_BYTES = 123
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-
-
-class _State(Enum):
-    OPEN = "open"
-    """Messages flow both ways."""
-    CLOSING = "closing"
-    """A close frame is queued or sent (ours or our echo); sends are ignored."""
-    CLOSED = "closed"
-    """The stream is closed."""
-
-
-def _sendable_code(code: int) -> int:
-    """``code`` if RFC 6455 lets an endpoint send it, else 1000."""
-    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
-        return code
-    return 1000
-
-
-def _truncate_reason(reason: str) -> str:
-    """``reason`` cut to 123 UTF-8 bytes without splitting a character."""
-    raw = reason.encode("utf-8")
-    if len(raw) <= _MAX_REASON_BYTES:
-        return reason
-    return raw[:_MAX_REASON_BYTES].decode("utf-8", errors="ignore")
 
 
 def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
-class WsprotoTransport:
+class WsprotoTransport(OutboundTransport):
     """The server side of an accepted WebSocket (see the module docstring).
 
     Built by ``accept_websocket``; ``conn`` is a wsproto frame-level ``Connection`` in
@@ -114,15 +90,13 @@ class WsprotoTransport:
         max_buffer_bytes: int = 8 * 2**20,
         close_timeout_s: float = 2.0,
     ) -> None:
+        super().__init__(
+            request, max_buffer_bytes=max_buffer_bytes, close_timeout_s=close_timeout_s
+        )
         self._stream = stream
         self._conn = conn
-        self._request = request
         self._max_message_bytes = max_message_bytes
-        self._max_buffer_bytes = max_buffer_bytes
-        self._close_timeout_s = close_timeout_s
 
-        self._state = _State.OPEN
-        self._close: TransportClosed | None = None
         self._pending_end: TransportClosed | None = None  # peer close / failure seen, not acted on
         self._pending_end_is_failure = False
         self._unprocessed = True  # bytes that arrived with the upgrade request
@@ -134,37 +108,19 @@ class WsprotoTransport:
         self._byte_parts = bytearray()
         self._parts_bytes = 0
 
-        # Outbound.
+        # Outbound (the writer's flags are OutboundTransport's).
         self._prio = bytearray()
         self._buf = bytearray()
-        self._sending = False
-        self._send_deadline = math.inf
-        self._send_scope: trio.CancelScope | None = None
-        self._abort_after_flush = False
-        self._wake = trio.Event()
-        self._idle = trio.lowlevel.ParkingLot()
 
     # ----------------------------------------------------------------- properties
-
-    @property
-    def request(self) -> HandshakeRequest:
-        """The upgrade request this connection was accepted with."""
-        return self._request
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes queued and not yet handed to ``send_all`` (priority + normal)."""
         return len(self._prio) + len(self._buf)
 
-    @property
-    def closed(self) -> bool:
-        """True once closing has begun (by either side): sends are ignored from then on."""
-        return self._state is not _State.OPEN
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code ``receive`` reports (``None`` while open)."""
-        return None if self._close is None else self._close.code
+    def _queued(self) -> bool:
+        return bool(self._prio or self._buf)
 
     # ----------------------------------------------------------------- receiving
 
@@ -178,10 +134,10 @@ class WsprotoTransport:
         while True:
             if self._pending_end is not None:
                 await self._act_on_end()
-            if self._state is _State.CLOSED:
+            if self._state is State.CLOSED:
                 raise self._closed_exc()
             if self._receiving:
-                if self._state is _State.OPEN:
+                if self._state is State.OPEN:
                     raise trio.BusyResourceError("another task is already receiving")
                 # close() is reading the peer's close frame: wait for it to finish.
                 await self._stream_closed.wait()
@@ -206,7 +162,7 @@ class WsprotoTransport:
                     await self._close_stream()
                     raise self._closed_exc() from None
             messages = self._process_events()
-            if messages and self._state is _State.OPEN:
+            if messages and self._state is State.OPEN:
                 return messages
 
     def _process_events(self) -> list[str]:
@@ -218,7 +174,7 @@ class WsprotoTransport:
                 if not self._add_data(event.data, event.message_finished, out):
                     return out
             elif isinstance(event, Ping):
-                if self._state is _State.OPEN:
+                if self._state is State.OPEN:
                     self._prio += conn.send(event.response())
                     if not self._sending:
                         self._wake.set()
@@ -293,17 +249,17 @@ class WsprotoTransport:
         end = self._pending_end
         assert end is not None
         self._pending_end = None
-        if self._state is _State.OPEN:
+        if self._state is State.OPEN:
             code = end.code
             if self._pending_end_is_failure:
-                code = _sendable_code(code)
-                self._set_close(code, _truncate_reason(end.reason))
-                frame = self._close_frame(code, _truncate_reason(end.reason))
+                code = sendable_code(code)
+                self._set_close(code, truncate_reason(end.reason))
+                frame = self._close_frame(code, truncate_reason(end.reason))
             else:
                 # Echo the peer's code (1005 "no status" is echoed as an empty close frame).
                 self._set_close(end.code, end.reason)
                 frame = self._close_frame(code, "")
-            self._state = _State.CLOSING
+            self._state = State.CLOSING
             self._buf = bytearray()
             self._prio += frame
             with trio.move_on_after(self._close_timeout_s):
@@ -317,7 +273,7 @@ class WsprotoTransport:
 
     def send(self, message: OutboundMessage) -> None:
         """Queue ``message``'s frame; never blocks. Ignored once closing. Overflow: module doc."""
-        if self._state is not _State.OPEN:
+        if self._state is not State.OPEN:
             return
         frame = message.frame
         if len(self._buf) + len(self._prio) + len(frame) > self._max_buffer_bytes:
@@ -329,7 +285,7 @@ class WsprotoTransport:
 
     def send_priority(self, message: OutboundMessage) -> None:
         """Queue ``message`` ahead of everything queued by ``send``. Same overflow policy."""
-        if self._state is not _State.OPEN:
+        if self._state is not State.OPEN:
             return
         frame = message.frame
         if len(self._buf) + len(self._prio) + len(frame) > self._max_buffer_bytes:
@@ -341,14 +297,8 @@ class WsprotoTransport:
 
     def _overflow(self) -> None:
         self._buf = bytearray()
-        self._set_close(SLOW_CONSUMER_CLOSE_CODE, "Slow consumer")
-        self._state = _State.CLOSING
         self._prio += self._close_frame(SLOW_CONSUMER_CLOSE_CODE, "Slow consumer")
-        self._abort_after_flush = True
-        self._send_deadline = trio.current_time() + self._close_timeout_s
-        if self._send_scope is not None:
-            self._send_scope.deadline = self._send_deadline
-        self._wake.set()
+        self._slow_consumer()
 
     async def flush(self) -> None:
         """Write everything queued, one ``send_all`` per round, unless a flush is running.
@@ -357,7 +307,7 @@ class WsprotoTransport:
         (``receive`` raises ``TransportClosed(1006)``). Cancellation in the middle of a write
         also closes the stream: a half-written frame cannot be resumed.
         """
-        if self._sending or self._state is _State.CLOSED:
+        if self._sending or self._state is State.CLOSED:
             return
         self._sending = True
         ok = False
@@ -390,24 +340,6 @@ class WsprotoTransport:
                 self._set_close(1006, "")
                 await self._close_stream()
 
-    async def run_writer(self) -> None:
-        """Flush whenever something is queued; return (never raise) once closed.
-
-        Cancellation leaves the transport as ``flush`` documents.
-        """
-        while self._state is not _State.CLOSED:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self.flush()
-
-    async def _drain(self) -> None:
-        """Wait until everything queued is written (or the stream is closed)."""
-        while (self._prio or self._buf or self._sending) and self._state is not _State.CLOSED:
-            if self._sending:
-                await self._idle.park()
-            else:
-                await self.flush()
-
     # ----------------------------------------------------------------- closing
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -418,15 +350,15 @@ class WsprotoTransport:
         Cancellation closes the stream.
         """
         try:
-            if self._state is _State.OPEN:
-                code = _sendable_code(code)
-                reason = _truncate_reason(reason)
+            if self._state is State.OPEN:
+                code = sendable_code(code)
+                reason = truncate_reason(reason)
                 self._set_close(code, reason)
-                self._state = _State.CLOSING
+                self._state = State.CLOSING
                 self._buf += self._close_frame(code, reason)
                 if not self._sending:
                     self._wake.set()
-            if self._state is _State.CLOSED:
+            if self._state is State.CLOSED:
                 return
             with trio.move_on_after(self._close_timeout_s):
                 await self._drain()
@@ -441,7 +373,7 @@ class WsprotoTransport:
         """Read (discarding data) until the peer's close frame or EOF."""
         self._receiving = True
         try:
-            while self._state is not _State.CLOSED and self._pending_end is None:
+            while self._state is not State.CLOSED and self._pending_end is None:
                 data = await self._stream.receive_some(_READ_SIZE)
                 if not data:
                     return
@@ -459,14 +391,6 @@ class WsprotoTransport:
         self._set_close(1006, "")
         await self._close_stream()
 
-    def _set_close(self, code: int, reason: str) -> None:
-        if self._close is None:
-            self._close = TransportClosed(code, reason)
-
-    def _closed_exc(self) -> TransportClosed:
-        c = self._close
-        return TransportClosed(1006) if c is None else TransportClosed(c.code, c.reason)
-
     def _close_frame(self, code: int, reason: str) -> bytes:
         """Our close frame; 1005 (the peer sent no code) is echoed as an empty close frame."""
         event = (
@@ -480,10 +404,10 @@ class WsprotoTransport:
             return b""
 
     async def _close_stream(self) -> None:
-        if self._state is _State.CLOSED:
+        if self._state is State.CLOSED:
             await self._stream_closed.wait()
             return
-        self._state = _State.CLOSED
+        self._state = State.CLOSED
         self._set_close(1006, "")
         self._prio = bytearray()
         self._buf = bytearray()
