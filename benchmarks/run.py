@@ -8,8 +8,10 @@ One command runs everything (see docs/benchmarks.md for the method)::
     .venv/bin/python benchmarks/run.py --repeat 5 --targets py-ws,node14 --workloads rpc1,fanout
 
 Each target server (the conformance application: ``examples/conformance_app.py`` with
-``TRANSPORT=ws`` / ``trio-websocket``, ``benchmarks/node/conformance14.js`` / ``19.js``) is
-started fresh for every workload, pinned to CPU 0; the load generator
+``TRANSPORT=ws`` / ``trio-websocket``, ``benchmarks/node/conformance14.js`` / ``19.js``; and the
+floors of our two transports, ``benchmarks/bare_ws.py`` / ``bare_tws.py``: bare wsproto and
+trio-websocket servers with only the protocol subset the load generator needs) is started
+fresh for every workload, pinned to CPU 0; the load generator
 (``benchmarks/node/loadgen.js``, Node + ``ws`` speaking the SocketCluster protocol directly) is
 pinned to CPU 1. The CPU time of both processes is read from ``/proc/<pid>/stat`` over the
 measured window, so a saturated load generator is visible in the results. Every workload checks
@@ -59,9 +61,26 @@ TARGETS: dict[str, tuple[list[str], dict[str, str]]] = {
     ),
     "node14": (["node", str(NODE_DIR / "conformance14.js")], {}),
     "node19": (["node", str(NODE_DIR / "conformance19.js")], {}),
+    # The floors of our two transports: bare servers with only what loadgen.js needs.
+    "bare-ws": ([PYTHON, str(BENCH / "bare_ws.py")], {}),
+    "bare-tws": ([PYTHON, str(BENCH / "bare_tws.py")], {}),
 }
+DEFAULT_TARGETS = "bare-ws,bare-tws,py-ws,py-tws,node14,node19"
 OURS = ("py-ws", "py-tws")
 NODES = ("node14", "node19")
+#: our target -> its transport's floor; ratios to it are shown for FLOOR_WORKLOADS only (the
+#: bare servers skip JWT work and all middleware, so authrpc/handshake would compare unlike work)
+FLOORS = {"py-ws": "bare-ws", "py-tws": "bare-tws"}
+FLOOR_WORKLOADS = ("rpc1", "rpc16", "fanout")
+
+
+def ratio_pairs(targets: list[str], workload: str) -> list[tuple[str, str]]:
+    """The (ours, reference) pairs whose ratios are reported for ``workload``."""
+    pairs = [(o, n) for o in targets if o in OURS for n in targets if n in NODES]
+    if workload in FLOOR_WORKLOADS:
+        pairs += [(o, FLOORS[o]) for o in targets if o in FLOORS and FLOORS[o] in targets]
+    return pairs
+
 
 #: workload name -> (loadgen config, the headline metrics: (key path, label, higher is better))
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -336,7 +355,8 @@ def median(values: list[float | None]) -> float | None:
 def summarise(
     reps: list[dict[str, Any]], targets: list[str], workloads: list[str]
 ) -> dict[str, Any]:
-    """Medians per target and metric, and medians of the per-repetition ratios ours / Node."""
+    """Medians per target and metric, and medians of the per-repetition ratios ours / Node
+    (and ours / its transport's bare floor, for FLOOR_WORKLOADS)."""
     summary: dict[str, Any] = {}
     for name in workloads:
         if name == "micro":
@@ -348,15 +368,14 @@ def summarise(
                 row[t] = median(
                     [get(r[name][t], key) for r in reps if r.get(name, {}).get(t, {}).get("ok")]
                 )
-            for ours in (t for t in targets if t in OURS):
-                for node in (t for t in targets if t in NODES):
-                    ratios = []
-                    for r in reps:
-                        a, b = r.get(name, {}).get(ours, {}), r.get(name, {}).get(node, {})
-                        va, vb = get(a, key), get(b, key)
-                        if a.get("ok") and b.get("ok") and va is not None and vb:
-                            ratios.append(va / vb)
-                    row[f"{ours}/{node}"] = median(ratios)
+            for ours, ref in ratio_pairs(targets, name):
+                ratios = []
+                for r in reps:
+                    a, b = r.get(name, {}).get(ours, {}), r.get(name, {}).get(ref, {})
+                    va, vb = get(a, key), get(b, key)
+                    if a.get("ok") and b.get("ok") and va is not None and vb:
+                        ratios.append(va / vb)
+                row[f"{ours}/{ref}"] = median(ratios)
             rows[key] = row
         summary[name] = rows
     micro = [r["micro"] for r in reps if "micro" in r]
@@ -381,7 +400,9 @@ def fmt(v: float | None, key: str = "") -> str:
 
 
 def table(summary: dict[str, Any], targets: list[str], workloads: list[str]) -> str:
+    pairs = {p for name in workloads for p in ratio_pairs(targets, name)}
     ratio_cols = [f"{o}/{n}" for o in targets if o in OURS for n in targets if n in NODES]
+    ratio_cols += [f"{o}/{FLOORS[o]}" for o in targets if (o, FLOORS.get(o)) in pairs]
     cols = targets + ratio_cols
     out = ["| workload | metric | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
     for name in workloads:
@@ -390,7 +411,8 @@ def table(summary: dict[str, Any], targets: list[str], workloads: list[str]) -> 
         for key, label in [(k, lab) for k, lab, _ in METRICS[name]] + CPU_METRICS:
             row = summary[name][key]
             cells = [
-                "" if "/" in c and key == "other_cpu_pct" else fmt(row.get(c), c) for c in cols
+                "" if "/" in c and (key == "other_cpu_pct" or c not in row) else fmt(row.get(c), c)
+                for c in cols
             ]
             out.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     if "micro" in summary:
@@ -437,6 +459,7 @@ def machine() -> dict[str, Any]:
         if manifest.exists():
             node_pkgs[name] = json.loads(manifest.read_text())["version"]
     return {
+        "commit": measured_commit(),
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "kernel": platform.release(),
@@ -447,6 +470,22 @@ def machine() -> dict[str, Any]:
         "python_packages": json.loads(versions.stdout) if versions.returncode == 0 else {},
         "node_packages": node_pkgs,
     }
+
+
+def measured_commit() -> str:
+    """The commit whose servers are measured: ``$BENCH_COMMIT`` (set it when the package is
+    imported from elsewhere, e.g. ``PYTHONPATH`` to an export of a commit), else this
+    checkout's HEAD, with ``+dirty`` if ``src/`` or ``examples/`` have uncommitted changes."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "src", "examples"], capture_output=True, text=True
+    ).stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def write_docs(text: str) -> None:
@@ -479,7 +518,7 @@ def main() -> int:
         help="short run: 1 repetition, 3 s windows, 2,000 handshakes",
     )
     ap.add_argument("--repeat", type=int, help="repetitions (default 3; 1 with --quick)")
-    ap.add_argument("--targets", default="py-ws,py-tws,node14,node19")
+    ap.add_argument("--targets", default=DEFAULT_TARGETS, help=f"default {DEFAULT_TARGETS}")
     ap.add_argument("--workloads", default="micro,rpc1,rpc16,authrpc,fanout,handshake")
     ap.add_argument(
         "--duration", type=float, help="measured seconds per run (default 10; 3 with --quick)"
@@ -560,7 +599,7 @@ def main() -> int:
                     "ok" if r.get("ok") else f"FAILED {r.get('fatal') or r.get('error_samples')}"
                 )
                 print(
-                    f"[{rep + 1}/{args.repeat}] {name:9} {target:7} {shown}; {cpu}; {status}",
+                    f"[{rep + 1}/{args.repeat}] {name:9} {target:8} {shown}; {cpu}; {status}",
                     flush=True,
                 )
         reps.append(results)
@@ -604,7 +643,8 @@ def report(data: dict[str, Any], out: Path, *, docs: bool) -> int:
             f"{k} {v}" for k, v in {**info["python_packages"], **info["node_packages"]}.items()
         )
         write_docs(
-            f"Run of {started:%Y-%m-%d %H:%M} UTC on {info['nproc']} CPUs ({info['cpu_model']}), "
+            f"Run of {started:%Y-%m-%d %H:%M} UTC, commit {info.get('commit', 'unknown')}, "
+            f"on {info['nproc']} CPUs ({info['cpu_model']}), "
             f"Linux {info['kernel']}, Python {info['python']}, Node {info['node']}; {pkgs}. "
             f"{config['repeat']} repetitions of {config['duration']:g} s windows after "
             f"{config['warmup']:g} s warm-up, {config['handshakes']} handshakes; medians, ratios "
