@@ -5,6 +5,7 @@ them (a signal, then SIGKILL)."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import queue
 import shutil
@@ -16,13 +17,15 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import pytest
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 INTEROP = TESTS / "interop"
+
+K = TypeVar("K")
 
 
 def free_port() -> int:
@@ -91,6 +94,41 @@ class Lines(queue.Queue[str | None]):
                 return None
             if line is None or needle in line:
                 return line
+
+
+def run_json_scripts(
+    cmds: Mapping[K, list[str]], *, cwd: Path, timeout_s: float
+) -> dict[K, dict[str, Any]]:
+    """Run every command at once and wait at most ``timeout_s`` in all. Each one's result is
+    its last stdout line that starts with ``{``, parsed; or, if it failed, timed out or printed
+    no such line, ``{"crash": <exit status or "timeout">, "stdout": ..., "stderr": <tail>}``."""
+    procs = {
+        key: subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for key, cmd in cmds.items()
+    }
+    deadline = time.monotonic() + timeout_s
+    out: dict[K, dict[str, Any]] = {}
+    for key, proc in procs.items():
+        crash: int | str = "timeout"
+        try:
+            stdout, stderr = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+            crash = proc.returncode
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
+        if crash == 0 and lines:
+            out[key] = json.loads(lines[-1])
+        else:
+            out[key] = {"crash": crash, "stdout": stdout, "stderr": stderr[-4000:]}
+    return out
 
 
 def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout_s: float = 5.0) -> int:

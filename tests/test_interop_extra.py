@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import INTEROP, REPO, Process, npm_ci
+from procs import INTEROP, REPO, Process, npm_ci, run_json_scripts
 
 pytestmark = pytest.mark.interop
 
@@ -46,34 +44,12 @@ Results = dict[tuple[int, str], dict[str, Any]]
 
 
 def _run_all(node: str, url: str) -> Results:
-    procs = {
-        (major, name): subprocess.Popen(
-            [node, str(CLIENT_JS), str(major), url, name],
-            cwd=INTEROP,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    cmds = {
+        (major, name): [node, str(CLIENT_JS), str(major), url, name]
         for major in MAJORS
         for name in SCENARIOS
     }
-    deadline = time.monotonic() + BATCH_TIMEOUT_S
-    out: Results = {}
-    for key, proc in procs.items():
-        try:
-            stdout, stderr = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
-            out[key] = {"crash": "timeout", "stdout": stdout, "stderr": stderr[-4000:]}
-            continue
-        lines = [line for line in stdout.splitlines() if line.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            out[key] = {"crash": proc.returncode, "stdout": stdout, "stderr": stderr[-4000:]}
-        else:
-            out[key] = json.loads(lines[-1])
-    return out
+    return run_json_scripts(cmds, cwd=INTEROP, timeout_s=BATCH_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,13 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Process, npm_ci
+from procs import Process, npm_ci, run_json_scripts
 
 pytestmark = pytest.mark.interop
 
@@ -164,32 +163,14 @@ class Servers:
 
     def _run_batch(self, server: RunningServer, major: int) -> dict[str, dict[str, Any]]:
         args = json.dumps({"authKey": server.auth_key, "timeout": SCENARIO_TIMEOUT_MS})
-        procs = {
-            name: subprocess.Popen(
-                ["node", str(SCENARIOS_JS), str(major), server.url, name, args],
-                cwd=HERE,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for name in SCENARIOS
-        }
-        deadline = time.monotonic() + BATCH_TIMEOUT
-        out: dict[str, dict[str, Any]] = {}
-        for name, proc in procs.items():
-            try:
-                stdout, stderr = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                stdout, stderr = proc.communicate()
-                out[name] = {"crash": "batch timeout", "stdout": stdout, "stderr": stderr}
-                continue
-            lines = [line for line in stdout.splitlines() if line.startswith("{")]
-            if proc.returncode != 0 or not lines:
-                out[name] = {"crash": proc.returncode, "stdout": stdout, "stderr": stderr[-4000:]}
-            else:
-                out[name] = json.loads(lines[-1])
+        out = run_json_scripts(
+            {
+                name: ["node", str(SCENARIOS_JS), str(major), server.url, name, args]
+                for name in SCENARIOS
+            },
+            cwd=HERE,
+            timeout_s=BATCH_TIMEOUT,
+        )
         dump_dir = os.environ.get("SC_INTEROP_DUMP")
         if dump_dir:
             Path(dump_dir).mkdir(parents=True, exist_ok=True)
