@@ -48,6 +48,20 @@ def truncate_reason(reason: str) -> str:
 class OutboundTransport:
     """The close state and the writer of a transport (see the module docstring)."""
 
+    __slots__ = (
+        "_abort_after_flush",
+        "_close",
+        "_close_timeout_s",
+        "_idle",
+        "_max_buffer_bytes",
+        "_request",
+        "_send_deadline",
+        "_send_scope",
+        "_sending",
+        "_state",
+        "_wake",
+    )
+
     def __init__(
         self, request: HandshakeRequest, *, max_buffer_bytes: int, close_timeout_s: float
     ) -> None:
