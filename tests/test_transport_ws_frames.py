@@ -1,11 +1,12 @@
-"""The inbound fast path of ``transport.ws`` against wsproto alone.
+"""The fast paths of ``transport.ws`` against wsproto and h11 alone.
 
 ``WsprotoTransport`` parses the common frame (whole, final, masked text/binary, 7- or 16-bit
 length) itself and hands every other frame to wsproto from a frame boundary. These tests feed
 the same bytes, cut at the same read boundaries, to the transport and to a copy of it whose
 ``_FAST_PATH`` is off (every byte goes to wsproto, as before the fast path existed), and
 require the same messages, the same close code and reason, and the same bytes written back
-(pongs, close frames).
+(pongs, close frames). The request-head fast path must parse what it takes exactly as h11
+does, and leave everything unusual to h11.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+import h11
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_socketcluster.transport.base import HandshakeRequest, TransportClosed
-from trio_socketcluster.transport.ws import WsprotoTransport
+from trio_socketcluster.transport.ws import WsprotoTransport, _fast_head, _Head
 
 
 class _WsprotoOnly(WsprotoTransport):
@@ -291,3 +293,124 @@ async def test_fast_path_resumes_after_wsproto_frames() -> None:
     assert t.slow_bytes == len(slow)
     assert await t.receive() == ["f", "f"]
     assert t.slow_bytes == len(slow)
+
+
+# --------------------------------------------------------------------------- request heads
+
+_BROWSER_HEAD = (
+    b"GET /socketcluster/?x=1 HTTP/1.1\r\nHost: localhost:8000\r\nConnection: Upgrade\r\n"
+    b"Pragma: no-cache\r\nUpgrade: websocket\r\nOrigin: http://localhost:8000\r\n"
+    b"Sec-WebSocket-Version: 13\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+)
+
+
+def _h11_head(data: bytes) -> _Head | None:
+    """What h11 makes of ``data`` (``None``: an error or an incomplete head)."""
+    h = h11.Connection(h11.SERVER)
+    h.receive_data(data)
+    try:
+        event = h.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(event, h11.Request):
+        return None
+    while True:
+        try:
+            nxt = h.next_event()
+        except h11.RemoteProtocolError:
+            return None
+        if nxt is h11.NEED_DATA or nxt is h11.PAUSED or isinstance(nxt, h11.EndOfMessage):
+            break
+    return _Head(
+        event.method,
+        event.target.decode("latin-1"),
+        event.http_version,
+        tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers),
+        bytes(h.trailing_data[0]),
+    )
+
+
+def _parts(head: _Head | None) -> tuple[object, ...] | None:
+    if head is None:
+        return None
+    return (head.method, head.target, head.version, head.headers, head.trailing)
+
+
+_good_names = st.sampled_from([b"Upgrade", b"Connection", b"Sec-WebSocket-Key", b"X-A", b"x_b~"])
+_bad_names = st.sampled_from(
+    [b"Host", b"Content-Length", b"Transfer-Encoding", b"Bad Name", b"", b"\xe9", b"X@"]
+)
+_good_values = st.text("ab \t\xe9~!", max_size=8).map(lambda v: v.encode("latin-1"))
+_bad_values = st.binary(max_size=8) | st.sampled_from([b"\xff\xfe", b"a\x01b", b"a\x7fb", b"0"])
+_lines = st.tuples(
+    _good_names | _good_names | _good_names | _bad_names,
+    st.sampled_from([b":", b":", b": ", b":\t", b" :"]),
+    _good_values | _good_values | _good_values | _bad_values,
+).map(lambda t: t[0] + t[1] + t[2]) | st.sampled_from([b" folded", b"\tfolded", b"no colon"])
+
+
+@st.composite
+def request_heads(draw: st.DrawFn) -> bytes:
+    """Request heads, mostly valid; each part is sometimes something h11 refuses or that the
+    fast path leaves to it."""
+
+    def pick(common: bytes, *rare: bytes) -> bytes:
+        return common if draw(st.integers(0, 3)) else draw(st.sampled_from(rare))
+
+    method = pick(b"GET", b"POST", b"get", b"G T")
+    target = pick(b"/socketcluster/?a=b", b"/a?b=c d", b"/\xe9", b"*", b"", b"/\x01", b"/\x7f")
+    version = pick(b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"http/1.1")
+    lines = draw(st.lists(_lines, max_size=6))
+    for _ in range(int(pick(b"1", b"0", b"2"))):
+        lines.insert(draw(st.integers(0, len(lines))), b"Host: example.com")
+    eol = pick(b"\r\n", b"\n", b"\r")
+    head = method + b" " + target + b" " + version + eol + b"".join(x + eol for x in lines) + eol
+    return head + draw(st.sampled_from([b"", b"\x81\x80abcd", b"GET / HTTP/1.1\r\n"]))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(request_heads())
+def test_fast_head_agrees_with_h11(data: bytes) -> None:
+    fast = _fast_head(data)
+    if fast is not None:
+        assert _parts(fast) == _parts(_h11_head(data))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _BROWSER_HEAD,
+        _BROWSER_HEAD + b"\x81\x80abcd",
+        b"GET /socketcluster/ HTTP/1.1\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\n"
+        b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        b"Host: 127.0.0.1:8000\r\n\r\n",  # node's ws
+        b"GET / HTTP/1.1\r\nhost:x\r\nX-Empty:\r\nX-Blank: \t \r\n\r\n",
+    ],
+)
+def test_fast_head_takes_plain_requests(data: bytes) -> None:
+    fast = _fast_head(data)
+    assert fast is not None
+    assert _parts(fast) == _parts(_h11_head(data))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _BROWSER_HEAD[:-2],  # incomplete
+        _BROWSER_HEAD.replace(b"Host: localhost:8000\r\n", b""),  # h11: 400
+        _BROWSER_HEAD.replace(b"Pragma", b"Host"),  # two Host headers: h11: 400
+        _BROWSER_HEAD.replace(b"Pragma: no-cache", b"Content-Length: 3"),  # a body
+        _BROWSER_HEAD.replace(b"GET", b"POST"),
+        _BROWSER_HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"),
+        _BROWSER_HEAD.replace(b"\r\nPragma", b"\r\n Pragma"),  # obsolete line folding
+        _BROWSER_HEAD.replace(b"\r\n", b"\n"),
+        _BROWSER_HEAD.replace(b"no-cache", b"no\x01cache"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20_000 + b"\r\n\r\n",  # over h11's limit
+    ],
+)
+def test_fast_head_leaves_the_rest_to_h11(data: bytes) -> None:
+    assert _fast_head(data) is None

@@ -43,6 +43,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import cast
@@ -643,27 +644,96 @@ class _Refused(Exception):
         self.rejection = rejection
 
 
-async def _read_request(stream: trio.abc.Stream) -> tuple[h11.Request, h11.Connection] | None:
-    """Read one HTTP request head and its (ignored) body; ``None`` on EOF before a request."""
+#: What the fast path accepts of a request head: a subset of what h11 accepts (a ``GET``,
+#: HTTP/1.1, printable target, header lines without folding or control characters), parsed
+#: to the same values. Anything else goes to h11.
+_FAST_HEAD = re.compile(
+    rb"GET [\x21-\x7e]+ HTTP/1\.1\r\n"
+    rb"(?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+:[ \t]*"
+    rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?[ \t]*\r\n)*"
+    rb"\r\n"
+)
+_MAX_HEAD_BYTES = 16 * 1024  # h11's limit on an incomplete request head
+
+
+class _Head:
+    """The parts of an HTTP request head that the upgrade looks at."""
+
+    __slots__ = ("headers", "method", "target", "trailing", "version")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: str,
+        version: bytes,
+        headers: tuple[tuple[str, str], ...],
+        trailing: bytes,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers  # names lower-cased, values without surrounding blanks
+        self.trailing = trailing  # what the client sent after the head (its first frames)
+
+
+def _fast_head(data: bytes | bytearray) -> _Head | None:
+    """Parse a whole, plain upgrade request head; ``None`` leaves it to h11."""
+    end = data.find(b"\r\n\r\n", 0, _MAX_HEAD_BYTES)
+    if end < 0 or _FAST_HEAD.fullmatch(data, 0, end + 4) is None:
+        return None
+    lines = data[:end].decode("latin-1").split("\r\n")
+    headers = []
+    hosts = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.lower()
+        if name == "host":
+            hosts += 1
+        elif name == "content-length" or name == "transfer-encoding":
+            return None  # a body: h11 frames it
+        headers.append((name, value.strip(" \t")))
+    if hosts != 1:
+        return None  # h11 refuses it (400)
+    return _Head(b"GET", lines[0][4:-9], b"1.1", tuple(headers), bytes(data[end + 4 :]))
+
+
+async def _read_request(stream: trio.abc.Stream) -> _Head | None:
+    """Read one HTTP request head and its (ignored) body; ``None`` on EOF before a request.
+
+    A plain request that arrives whole in the first read is parsed by ``_fast_head``; any
+    other goes to h11, which sees every byte read so far.
+    """
+    data = await stream.receive_some(_READ_SIZE)
+    if not data:
+        return None
+    head = _fast_head(data)
+    if head is not None:
+        return head
     h = h11.Connection(h11.SERVER)
+    h.receive_data(bytes(data))
     request: h11.Request | None = None
     while True:
         try:
             event = h.next_event()
         except h11.RemoteProtocolError:
             raise _Refused(Rejection(status=400, body="Bad Request")) from None
-        if event is h11.NEED_DATA:
-            if request is not None:  # a body we will not read
-                return request, h
+        if event is h11.NEED_DATA and request is None:
             data = await stream.receive_some(_READ_SIZE)
             if not data:
                 return None
-            h.receive_data(cast(bytes, data))
+            h.receive_data(bytes(data))
         elif isinstance(event, h11.Request):
             request = event
-        elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+        elif event is h11.NEED_DATA or isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+            # (NEED_DATA here: a body we will not read.)
             assert request is not None
-            return request, h
+            return _Head(
+                request.method,
+                request.target.decode("latin-1"),
+                request.http_version,
+                tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers),
+                bytes(h.trailing_data[0]),
+            )
         elif isinstance(event, h11.ConnectionClosed):
             return None
         # h11.Data: a body we do not use.
@@ -678,27 +748,21 @@ async def _upgrade(
     remote_address: tuple[str, int] | None,
 ) -> tuple[HandshakeRequest, bytes] | None:
     """The HTTP half: read, validate, answer. Returns the request and the bytes after it."""
-    got = await _read_request(stream)
-    if got is None:
+    head = await _read_request(stream)
+    if head is None:
         return None
-    h_request, h = got
-    target = h_request.target.decode("latin-1")
-    req_path, _, query = target.partition("?")
+    req_path, _, query = head.target.partition("?")
     req = HandshakeRequest(
-        path=req_path,
-        query=query,
-        headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in h_request.headers),
-        remote_address=remote_address,
+        path=req_path, query=query, headers=head.headers, remote_address=remote_address
     )
     if not _is_upgrade(req):
         raise _Refused(await http_handler(req))
-    if h_request.method != b"GET":
+    if head.method != b"GET":
         raise _Refused(Rejection(status=405, body="Method Not Allowed"))
-    if req_path != path or h_request.http_version != b"1.1":
+    if req_path != path or head.version != b"1.1":
         raise _Refused(Rejection(status=400, body="Bad Request"))
-    if req.header("sec-websocket-version") != "13" or not _valid_key(
-        req.header("sec-websocket-key")
-    ):
+    key = req.header("sec-websocket-key")
+    if req.header("sec-websocket-version") != "13" or not _valid_key(key):
         raise _Refused(
             Rejection(status=400, body="Bad Request", headers=(("Sec-WebSocket-Version", "13"),))
         )
@@ -706,15 +770,12 @@ async def _upgrade(
         rejection = await check(req)
         if rejection is not None:
             raise _Refused(rejection)
-    key = req.header("sec-websocket-key")
     assert key is not None
-    accept = generate_accept_token(key.encode("ascii")).decode("ascii")
     await stream.send_all(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + accept.encode("ascii") + b"\r\n\r\n"
+        b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode("ascii")) + b"\r\n\r\n"
     )
-    trailing, _closed = h.trailing_data
-    return req, bytes(trailing)
+    return req, head.trailing
 
 
 async def accept_websocket(
