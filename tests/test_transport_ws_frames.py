@@ -17,10 +17,17 @@ from dataclasses import dataclass, field
 import h11
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_transport_ws import connected
 
-from trio_socketcluster.transport.base import HandshakeRequest, TransportClosed
+from trio_socketcluster.transport.base import (
+    SLOW_CONSUMER_CLOSE_CODE,
+    HandshakeRequest,
+    OutboundMessage,
+    TransportClosed,
+)
 from trio_socketcluster.transport.ws import WsprotoTransport, _fast_head, _Head
 
 
@@ -414,3 +421,32 @@ def test_fast_head_takes_plain_requests(data: bytes) -> None:
 )
 def test_fast_head_leaves_the_rest_to_h11(data: bytes) -> None:
     assert _fast_head(data) is None
+
+
+# --------------------------------------------------------------------------- writes
+
+
+async def test_overflow_bounds_the_write_of_another_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The reader's ``flush`` writes without a cancel scope: when the buffer overflows while
+    that write is stuck, the writer task closes the stream after ``close_timeout_s``."""
+    with trio.fail_after(50):
+        client_stream, server_stream = trio.testing.lockstep_stream_pair()
+        async with (
+            connected((client_stream, server_stream), max_buffer_bytes=10_000) as (t, _client),
+            trio.open_nursery() as nursery,
+        ):
+            msg = OutboundMessage(b"x" * 1000)
+            t.send(msg)
+            nursery.start_soon(t.flush)
+            await trio.testing.wait_all_tasks_blocked()  # that flush is stuck in send_all
+            nursery.start_soon(t.run_writer)
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            while not t.closed:
+                t.send(msg)
+            with pytest.raises(TransportClosed) as info:
+                await t.receive()
+            assert info.value.code == SLOW_CONSUMER_CLOSE_CODE
+            assert trio.current_time() - start == pytest.approx(2.0)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -476,9 +477,41 @@ class WsprotoTransport(OutboundTransport):
         (``receive`` raises ``TransportClosed(1006)``). Cancellation in the middle of a write
         also closes the stream: a half-written frame cannot be resumed.
         """
+        if self._send_deadline == math.inf:
+            await self._flush(None)  # no cancel scope per write: ``run_writer`` bounds it
+        else:
+            with trio.CancelScope(deadline=self._send_deadline) as scope:
+                await self._flush(scope)
+
+    async def run_writer(self) -> None:
+        """Flush whenever something is queued; return (never raise) once closed.
+
+        The writer's own writes run in one cancel scope, to which an overflow gives its
+        deadline. If an overflow happens while another task's write is in flight (the reader's
+        ``flush``), the writer waits for that write until the deadline, then closes the
+        stream, which ends the write. Cancellation leaves the transport as ``flush`` documents.
+        """
+        with trio.CancelScope() as scope:
+            while self._state is not State.CLOSED:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                await self._flush(scope)
+                if self._abort_after_flush and self._sending:
+                    scope.deadline = self._send_deadline
+                    while self._sending:
+                        await self._idle.park()
+        if scope.cancelled_caught:
+            self._set_close(1006, "")
+            await self._close_stream()
+
+    async def _flush(self, bound: trio.CancelScope | None) -> None:
+        """``flush``; ``bound`` (if any) is the scope around the writes, for the overflow."""
         if self._sending or self._state is State.CLOSED:
             return
         self._sending = True
+        self._send_scope = bound
+        if bound is not None and self._send_deadline < bound.deadline:
+            bound.deadline = self._send_deadline
         ok = False
         try:
             while self._prio or self._buf:
@@ -491,14 +524,8 @@ class WsprotoTransport(OutboundTransport):
                 else:
                     data = self._buf
                     self._buf = bytearray()
-                with trio.CancelScope(deadline=self._send_deadline) as scope:
-                    self._send_scope = scope
-                    await self._stream.send_all(data)
-                self._send_scope = None
-                if scope.cancelled_caught:
-                    break
-            else:
-                ok = True
+                await self._stream.send_all(data)
+            ok = True
         except _STREAM_ERRORS:
             pass
         finally:
