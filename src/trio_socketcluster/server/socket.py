@@ -7,9 +7,9 @@ of its own holding
   decides with the sans-IO ``Machine`` what each packet means, acts, then flushes the replies
   with one write;
 * the transport's **writer** task (flushes data queued by other tasks: publishes, pings);
-* the **handshake** task: closes with 4005 if no ``#handshake`` arrives in time;
-* the **heartbeat** task (after the handshake): pings every ``ping_interval_s``, closes with
-  4001 if no pong arrives within ``ping_timeout_s``;
+* the **handshake** task: closes with 4005 if no ``#handshake`` arrives in time; once the
+  handshake is accepted the same task is the **heartbeat**: pings every ``ping_interval_s``,
+  closes with 4001 if no pong arrives within ``ping_timeout_s``;
 * the **token-expiry watcher**: sleeps until the auth token's ``exp`` (on trio's clock) and then
   deauthenticates the socket, sending ``#removeAuthToken`` at once; with ``renew_before_s`` it
   first asks the application's renewal hook for a fresh token;
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -130,6 +131,34 @@ class ServerSocket:
     ``disconnect``.
     """
 
+    __slots__ = (
+        "__dict__",  # the application may attach its own attributes to a socket
+        "_channels",
+        "_close_code",
+        "_close_reason",
+        "_closing",
+        "_handler_slots",
+        "_handshake_event",
+        "_held_events",
+        "_last_pong",
+        "_machine",
+        "_next_cid",
+        "_notify_close",
+        "_nursery",
+        "_pending",
+        "_token_changed",
+        "_transport",
+        "_watch_scope",
+        "auth_token",
+        "client_disconnect_data",
+        "close_code",
+        "close_reason",
+        "handshake_data",
+        "id",
+        "server",
+        "signed_auth_token",
+    )
+
     def __init__(self, server: Server, transport: Transport, socket_id: str) -> None:
         self.server = server
         self.id = socket_id
@@ -143,8 +172,11 @@ class ServerSocket:
         self._channels: dict[str, None] = {}
         self._pending: dict[int, _Pending] = {}
         self._next_cid = 1
-        self._handshake_done = trio.Event()
-        self._token_changed = trio.Event()
+        # Set when ``#handshake`` arrives, then (a fresh one, if the handshake task is already
+        # waiting) when it is accepted; ``None`` from then on.
+        self._handshake_event: trio.Event | None = trio.Event()
+        self._token_changed = False  # since the expiry watcher last looked at the token
+        self._watch_scope: trio.CancelScope | None = None  # the watcher's sleep
         self._last_pong = 0.0
         self._closing = False
         self._notify_close = False
@@ -152,9 +184,8 @@ class ServerSocket:
         self._close_reason = ""
         self.close_code: int | None = None
         self.close_reason: str | None = None
-        self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
-        self._handler_slots = trio.Semaphore(cfg.max_concurrent_handlers)
+        self._handler_slots: trio.Semaphore | None = None  # created by the first async handler
         self._held_events: list[tuple[Any, ...]] | None = None
 
     # ------------------------------------------------------------------ read-only views
@@ -299,7 +330,7 @@ class ServerSocket:
         was = self.auth_token is not None
         self.auth_token = payload
         self.signed_auth_token = signed
-        self._token_changed.set()
+        self._wake_watcher()
         if not was:
             self._emit("authStateChange", self, "unauthenticated", "authenticated")
         self._emit("authenticate", self, payload)
@@ -308,7 +339,7 @@ class ServerSocket:
         old = self.auth_token
         self.auth_token = None
         self.signed_auth_token = None
-        self._token_changed.set()
+        self._wake_watcher()
         if send_remove and self._machine.state.value != "closed":
             self._send_priority(_REMOVE_AUTH_TOKEN)
         if old is not None:
@@ -426,7 +457,8 @@ class ServerSocket:
         self._close_reason = reason
         self._notify_close = notify
         self._machine.close()
-        self._scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     # ------------------------------------------------------------------ running
 
@@ -446,13 +478,14 @@ class ServerSocket:
         cfg = self.server.config
         failed = False
         try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._handshake_timer)
-                    nursery.start_soon(self._expiry_watcher)
-                    await self._dispatch_loop()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._closing:  # disconnect() before run()
                     nursery.cancel_scope.cancel()
+                nursery.start_soon(self._handshake_task)
+                nursery.start_soon(self._expiry_watcher)
+                await self._dispatch_loop()
+                nursery.cancel_scope.cancel()
         except BaseException as exc:
             failed = not _only_cancelled(exc)
             raise
@@ -491,15 +524,24 @@ class ServerSocket:
             pending.error = errors.BadConnectionError("Event was aborted due to a bad connection")
             pending.done.set()
         self._pending.clear()
-        self._token_changed.set()
+        self._wake_watcher()
         if self.server._forget(self):
             self.server._emit("disconnection", self, self.close_code, self.close_reason)
 
-    async def _handshake_timer(self) -> None:
-        with trio.move_on_after(self.server.config.handshake_timeout_s):
-            await self._handshake_done.wait()
-            return
-        self.disconnect(4005, "Did not receive #handshake from client before timeout")
+    async def _handshake_task(self) -> None:
+        """Close with 4005 unless ``#handshake`` arrives in time; once the handshake is
+        accepted, become the heartbeat (one task per connection for both)."""
+        event = self._handshake_event
+        if event is not None and not event.is_set():
+            with trio.move_on_after(self.server.config.handshake_timeout_s):
+                await event.wait()
+            if not event.is_set():
+                self.disconnect(4005, "Did not receive #handshake from client before timeout")
+                return
+        if self._handshake_event is not None:  # arrived, not accepted yet: wait for it
+            event = self._handshake_event = trio.Event()
+            await event.wait()
+        await self._heartbeat()
 
     async def _heartbeat(self) -> None:
         cfg = self.server.config
@@ -519,27 +561,38 @@ class ServerSocket:
         for ping in self._machine.ping_payloads():
             self._send_priority(ping)
 
+    def _wake_watcher(self) -> None:
+        """The token changed: the expiry watcher starts over with the new one."""
+        self._token_changed = True
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
+
     async def _expiry_watcher(self) -> None:
         server = self.server
         renewed_for: str | None = None
         while True:
-            changed = self._token_changed = trio.Event()
+            self._token_changed = False
             exp = expiry_of(self.auth_token)
-            if exp is None:
-                await changed.wait()
-                continue
-            wall_deadline = exp + server.config.auth_leeway_s
-            renew_before = server.config.renew_before_s
-            renewing = (
-                renew_before is not None
-                and server._renewal is not None
-                and renewed_for != self.signed_auth_token
-            )
-            if renewing:
-                assert renew_before is not None
-                wall_deadline = exp - renew_before
-            with trio.move_on_at(trio.current_time() + (wall_deadline - server.now())):
-                await changed.wait()
+            deadline = math.inf
+            renewing = False
+            if exp is not None:
+                wall_deadline = exp + server.config.auth_leeway_s
+                renew_before = server.config.renew_before_s
+                renewing = (
+                    renew_before is not None
+                    and server._renewal is not None
+                    and renewed_for != self.signed_auth_token
+                )
+                if renewing:
+                    assert renew_before is not None
+                    wall_deadline = exp - renew_before
+                deadline = trio.current_time() + (wall_deadline - server.now())
+            # One cancel scope is the whole sleep: its deadline is the token's, and a token
+            # change cancels it (no Event per token).
+            with trio.CancelScope(deadline=deadline) as self._watch_scope:
+                await trio.sleep_forever()
+            self._watch_scope = None
+            if self._token_changed:
                 continue
             if renewing:
                 renewed_for = self.signed_auth_token
@@ -575,7 +628,6 @@ class ServerSocket:
 
     async def _dispatch_loop(self) -> None:
         transport = self._transport
-        machine = self._machine
         while True:
             try:
                 messages = await transport.receive()
@@ -586,12 +638,17 @@ class ServerSocket:
             # reader may be behind, and a pong queued behind data must not cost the
             # busiest clients their connection.
             self._last_pong = trio.current_time()
-            for text in messages:
-                for action, packet in machine.receive(text):
-                    await self._dispatch(action, packet)
+            await self._dispatch_read(messages)
+            del messages  # an idle connection keeps nothing of its last read
             if self._closing:
                 return  # run() writes what is queued, then the close frame
             await transport.flush()
+
+    async def _dispatch_read(self, messages: list[str]) -> None:
+        machine = self._machine
+        for text in messages:
+            for action, packet in machine.receive(text):
+                await self._dispatch(action, packet)
 
     async def _dispatch(self, action: Action, packet: Any) -> None:
         match action:
@@ -638,7 +695,8 @@ class ServerSocket:
 
     async def _on_handshake(self, packet: EventPacket) -> None:
         server = self.server
-        self._handshake_done.set()
+        if self._handshake_event is not None:
+            self._handshake_event.set()  # the 4005 timer stops
         data = packet.data
         self.handshake_data = data
         chain = server.middleware.chain(Hook.HANDSHAKE_SC)
@@ -680,8 +738,9 @@ class ServerSocket:
             # Probe after the reply: the first pong tells protocol 1 from 2 within one RTT.
             for ping in self._machine.ping_payloads():
                 self._send(ping)
-        assert self._nursery is not None
-        self._nursery.start_soon(self._heartbeat)
+        accepted, self._handshake_event = self._handshake_event, None
+        if accepted is not None:
+            accepted.set()  # the handshake task becomes the heartbeat
         server._emit("connection", self)
         for event, *args in held:
             server._emit(event, *args)
@@ -735,7 +794,10 @@ class ServerSocket:
             return
         fn, is_async = entry
         if is_async:
-            await self._handler_slots.acquire()
+            slots = self._handler_slots
+            if slots is None:
+                slots = self._handler_slots = trio.Semaphore(server.config.max_concurrent_handlers)
+            await slots.acquire()
             assert self._nursery is not None
             self._nursery.start_soon(self._run_async_handler, fn, packet.event, data, cid)
             return
@@ -769,6 +831,7 @@ class ServerSocket:
                 return
             self._respond(cid, data=MISSING if result is None else result)
         finally:
+            assert self._handler_slots is not None
             self._handler_slots.release()
 
     async def _on_subscribe(self, packet: EventPacket) -> None:

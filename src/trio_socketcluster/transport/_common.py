@@ -20,6 +20,15 @@ from .base import SLOW_CONSUMER_CLOSE_CODE, HandshakeRequest, TransportClosed
 
 _MAX_REASON_BYTES = 123
 
+#: The ``_idle`` of a transport that nobody has waited on yet: nothing ever parks here (the
+#: first ``_drain`` that must wait gives its transport a lot of its own), so unparking it is
+#: a no-op, and an idle transport carries no parking lot.
+_NO_WAITERS = trio.lowlevel.ParkingLot()
+
+#: The ``_stream_closed`` of a transport whose stream was closed before anyone waited.
+STREAM_CLOSED = trio.Event()
+STREAM_CLOSED.set()
+
 
 class State(Enum):
     OPEN = "open"
@@ -43,6 +52,43 @@ def truncate_reason(reason: str) -> str:
     if len(raw) <= _MAX_REASON_BYTES:
         return reason
     return raw[:_MAX_REASON_BYTES].decode("utf-8", errors="ignore")
+
+
+class Wakeup:
+    """The writer's doorbell: a reusable ``trio.Event`` for one waiting task.
+
+    ``set`` wakes the task in ``wait``, or, if none is waiting, makes the next ``wait`` return
+    at once; ``wait`` clears it on return. One small object per transport instead of a new
+    ``Event`` (and its set of waiters) for every wake-up.
+    """
+
+    __slots__ = ("_flag", "_task")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._task: trio.lowlevel.Task | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        task = self._task
+        if task is not None:
+            self._task = None
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        """Return once ``set`` has been called (a checkpoint either way)."""
+        if self._flag:
+            await trio.lowlevel.checkpoint()
+        else:
+            assert self._task is None, "one task waits at a time"
+            self._task = trio.lowlevel.current_task()
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                self._task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        self._flag = False
 
 
 class OutboundTransport:
@@ -74,8 +120,8 @@ class OutboundTransport:
         self._send_deadline = math.inf
         self._send_scope: trio.CancelScope | None = None
         self._abort_after_flush = False
-        self._wake = trio.Event()
-        self._idle = trio.lowlevel.ParkingLot()
+        self._wake = Wakeup()
+        self._idle = _NO_WAITERS  # see _NO_WAITERS
 
     @property
     def request(self) -> HandshakeRequest:
@@ -106,13 +152,14 @@ class OutboundTransport:
         """
         while self._state is not State.CLOSED:
             await self._wake.wait()
-            self._wake = trio.Event()
             await self.flush()
 
     async def _drain(self) -> None:
         """Wait until everything queued is written (or the stream is closed)."""
         while (self._queued() or self._sending) and self._state is not State.CLOSED:
             if self._sending:
+                if self._idle is _NO_WAITERS:
+                    self._idle = trio.lowlevel.ParkingLot()
                 await self._idle.park()
             else:
                 await self.flush()

@@ -61,7 +61,14 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
-from ._common import OutboundTransport, State, sendable_code, truncate_reason
+from ._common import (
+    _NO_WAITERS,
+    STREAM_CLOSED,
+    OutboundTransport,
+    State,
+    sendable_code,
+    truncate_reason,
+)
 from .base import (
     SLOW_CONSUMER_CLOSE_CODE,
     HandshakeRequest,
@@ -165,7 +172,7 @@ class WsprotoTransport(OutboundTransport):
         self._pending_end: TransportClosed | None = None  # peer close / failure seen, not acted on
         self._pending_end_is_failure = False
         self._receiving = False
-        self._stream_closed = trio.Event()
+        self._stream_closed: trio.Event | None = None  # made by the first task that waits
         self._unprocessed = bool(trailing_data)
 
         # Inbound framing (see "Inbound frames" in the module docstring).
@@ -211,7 +218,7 @@ class WsprotoTransport(OutboundTransport):
                 if self._state is State.OPEN:
                     raise trio.BusyResourceError("another task is already receiving")
                 # close() is reading the peer's close frame: wait for it to finish.
-                await self._stream_closed.wait()
+                await self._wait_stream_closed()
                 raise self._closed_exc()
             data: bytes | bytearray
             if self._unprocessed:
@@ -486,21 +493,32 @@ class WsprotoTransport(OutboundTransport):
     async def run_writer(self) -> None:
         """Flush whenever something is queued; return (never raise) once closed.
 
-        The writer's own writes run in one cancel scope, to which an overflow gives its
-        deadline. If an overflow happens while another task's write is in flight (the reader's
-        ``flush``), the writer waits for that write until the deadline, then closes the
-        stream, which ends the write. Cancellation leaves the transport as ``flush`` documents.
+        The writer's own writes run in a cancel scope (entered only when there is something to
+        write), to which an overflow gives its deadline. If an overflow happens while another
+        task's write is in flight (the reader's ``flush``, which has no scope), the writer
+        waits for that write until the deadline, then closes the stream, which ends the write.
+        Cancellation leaves the transport as ``flush`` documents.
         """
-        with trio.CancelScope() as scope:
-            while self._state is not State.CLOSED:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                await self._flush(scope)
-                if self._abort_after_flush and self._sending:
-                    scope.deadline = self._send_deadline
-                    while self._sending:
-                        await self._idle.park()
-        if scope.cancelled_caught:
+        while self._state is not State.CLOSED:
+            await self._wake.wait()
+            if self._sending:
+                if self._abort_after_flush:
+                    await self._bound_write_in_flight()
+            elif self._prio or self._buf:
+                await self._bounded_flush()
+
+    async def _bounded_flush(self) -> None:
+        with trio.CancelScope() as scope:  # only around real writes: 5 us each
+            await self._flush(scope)
+
+    async def _bound_write_in_flight(self) -> None:
+        """After an overflow: give another task's write until the deadline, then close."""
+        with trio.move_on_at(self._send_deadline):
+            while self._sending:
+                if self._idle is _NO_WAITERS:
+                    self._idle = trio.lowlevel.ParkingLot()
+                await self._idle.park()
+        if self._sending:
             self._set_close(1006, "")
             await self._close_stream()
 
@@ -559,7 +577,7 @@ class WsprotoTransport(OutboundTransport):
             with trio.move_on_after(self._close_timeout_s):
                 await self._drain()
                 if self._receiving:
-                    await self._stream_closed.wait()
+                    await self._wait_stream_closed()
                 else:
                     await self._await_peer_close()
         finally:
@@ -598,7 +616,7 @@ class WsprotoTransport(OutboundTransport):
 
     async def _close_stream(self) -> None:
         if self._state is State.CLOSED:
-            await self._stream_closed.wait()
+            await self._wait_stream_closed()
             return
         self._state = State.CLOSED
         self._set_close(1006, "")
@@ -608,7 +626,16 @@ class WsprotoTransport(OutboundTransport):
         try:
             await trio.aclose_forcefully(self._stream)
         finally:
-            self._stream_closed.set()
+            if self._stream_closed is None:
+                self._stream_closed = STREAM_CLOSED
+            else:
+                self._stream_closed.set()
+
+    async def _wait_stream_closed(self) -> None:
+        """Wait until ``_close_stream`` (running in another task, or done) has finished."""
+        if self._stream_closed is None:
+            self._stream_closed = trio.Event()
+        await self._stream_closed.wait()
 
 
 # --------------------------------------------------------------------- the HTTP upgrade
@@ -682,6 +709,12 @@ _FAST_HEAD = re.compile(
 )
 _MAX_HEAD_BYTES = 16 * 1024  # h11's limit on an incomplete request head
 
+#: Parsed header lines seen before (``Host: ...``, ``Upgrade: websocket``...), so that the
+#: connections of one client share one ``(name, value)`` pair per line instead of holding a
+#: copy each (about 1 KB per connection). Bounded: emptied when it reaches the limit.
+_HEADER_PAIRS: dict[str, tuple[str, str]] = {}
+_HEADER_PAIRS_MAX = 1024
+
 
 class _Head:
     """The parts of an HTTP request head that the upgrade looks at."""
@@ -711,14 +744,22 @@ def _fast_head(data: bytes | bytearray) -> _Head | None:
     lines = data[:end].decode("latin-1").split("\r\n")
     headers = []
     hosts = 0
+    pairs = _HEADER_PAIRS
     for line in lines[1:]:
-        name, _, value = line.partition(":")
-        name = name.lower()
+        pair = pairs.get(line)
+        if pair is None:
+            name, _, value = line.partition(":")
+            pair = (name.lower(), value.strip(" \t"))
+            if pair[0] != "sec-websocket-key":  # the one header that differs every time
+                if len(pairs) >= _HEADER_PAIRS_MAX:
+                    pairs.clear()
+                pairs[line] = pair
+        name = pair[0]
         if name == "host":
             hosts += 1
         elif name == "content-length" or name == "transfer-encoding":
             return None  # a body: h11 frames it
-        headers.append((name, value.strip(" \t")))
+        headers.append(pair)
     if hosts != 1:
         return None  # h11 refuses it (400)
     return _Head(b"GET", lines[0][4:-9], b"1.1", tuple(headers), bytes(data[end + 4 :]))
