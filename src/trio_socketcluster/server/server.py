@@ -417,7 +417,12 @@ class Server:
             return
         if transport is None:
             return
-        await self.handle_transport(transport)
+        # handle_transport inlined: one coroutine frame less held by every open connection.
+        socket = ServerSocket(self, transport, _socket_id())
+        try:
+            await socket.run()
+        except Exception:
+            log.exception("connection %s failed", socket.id)
 
     async def handle_trio_websocket_request(self, request: Any) -> None:
         """Serve a ``trio_websocket.WebSocketRequest`` from an application's own
@@ -456,13 +461,9 @@ class Server:
     ) -> None:
         """Like ``serve`` with listeners you opened (SO_REUSEPORT, unix sockets...)."""
         self.now()  # fix the wall-clock offset while trio runs
-
-        async def handle(stream: trio.SocketStream) -> None:
-            await self.handle_stream(stream)
-
         async with trio.open_nursery() as nursery:
             await self.start_broker(nursery)
-            await nursery.start(trio.serve_listeners, handle, listeners)
+            await nursery.start(trio.serve_listeners, self.handle_stream, listeners)
             task_status.started(listeners)
 
     async def start_broker(self, nursery: trio.Nursery) -> None:

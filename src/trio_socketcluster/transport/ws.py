@@ -820,6 +820,8 @@ async def _upgrade(
     if head is None:
         return None
     req_path, _, query = head.target.partition("?")
+    if req_path == path:
+        req_path = path  # the configured string, not one copy per connection
     req = HandshakeRequest(
         path=req_path, query=query, headers=head.headers, remote_address=remote_address
     )
