@@ -38,6 +38,7 @@ from trio_socketcluster import (
     SocketClusterError,
 )
 from trio_socketcluster.brokers.local import publish_message
+from trio_socketcluster.middleware import PublishOutRequest
 from trio_socketcluster.transport.base import OutboundMessage
 
 
@@ -712,3 +713,21 @@ SubscriptionModel.TestCase.settings = settings(
     max_examples=50, stateful_step_count=25, deadline=None
 )
 TestSubscriptionModel = SubscriptionModel.TestCase
+
+
+async def test_publish_out_lambda_returning_a_coroutine_is_awaited(connect: ClientFactory) -> None:
+    """A plain callable that returns a coroutine is not a sync middleware: it is awaited."""
+    server = Server(auth_key="k")
+
+    async def shout(req: PublishOutRequest) -> Allow:
+        return Allow(data=f"{req.data}!")
+
+    server.add_middleware(Hook.PUBLISH_OUT, lambda req: shout(req))
+    client = await connect(server)
+    await client.handshake()
+    assert await client.invoke("#subscribe", {"channel": "c"}, cid=2) == {"rid": 2}
+    server.publish("c", "hi")
+    assert await client.recv_json() == {
+        "event": "#publish",
+        "data": {"channel": "c", "data": "hi!"},
+    }

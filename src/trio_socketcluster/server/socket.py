@@ -399,11 +399,16 @@ class ServerSocket:
             socket=self, channel=channel, data=data, auth_token=self.auth_token,
             now=self.server.now(),
         )  # fmt: skip
-        if not is_sync_chain(chain):
-            if self._nursery is not None and not self._closing:
-                self._nursery.start_soon(self._deliver_async, chain, request, message)
-            return
-        self._deliver_outcome(run_chain(chain, request), message, channel)
+        if is_sync_chain(chain):
+            try:
+                outcome = run_chain(chain, request)
+            except TypeError:  # a plain callable returned an awaitable: run it async below
+                pass
+            else:
+                self._deliver_outcome(outcome, message, channel)
+                return
+        if self._nursery is not None and not self._closing:
+            self._nursery.start_soon(self._deliver_async, chain, request, message)
 
     async def _deliver_async(
         self, chain: tuple[Any, ...], request: PublishOutRequest, message: OutboundMessage
