@@ -6,47 +6,12 @@
 // Environment: PORT (0 = pick a free port), AUTH_KEY (HS256 secret), HOST (default 127.0.0.1).
 // Prints `READY <port>` once listening; SIGTERM/SIGINT shut down and exit 0.
 
-const http = require('http');
-const path = require('path');
-
-function requireDep(name) {
-  // Prefer benchmarks/node/node_modules, fall back to the interop test install.
-  try {
-    return require(name);
-  } catch (err) {
-    return require(path.join(__dirname, '..', '..', 'tests', 'interop', 'node_modules', name));
-  }
-}
+const {http, requireDep, USERS, SERVER_OPTIONS, tokenChannels, listenAndServe} = require('./common');
 
 const socketClusterServer = requireDep('sc-server-19');
 
-const HOST = process.env.HOST || '127.0.0.1';
-const PORT = Number(process.env.PORT || 0);
-const AUTH_KEY = process.env.AUTH_KEY;
-if (!AUTH_KEY) {
-  console.error('AUTH_KEY must be set');
-  process.exit(2);
-}
-
-const USERS = {
-  alice: {password: 'alice-pass', channels: ['news', 'alice-room']},
-  bob: {password: 'bob-pass', channels: ['news']}
-};
-
 const httpServer = http.createServer();
-const agServer = socketClusterServer.attach(httpServer, {
-  authKey: AUTH_KEY,
-  authAlgorithm: 'HS256',
-  authVerifyAlgorithms: ['HS256'],
-  authDefaultExpiry: 86400,
-  pingInterval: 8000,
-  middlewareEmitWarnings: false
-});
-
-function tokenChannels(socket) {
-  const token = socket.authToken;
-  return token && Array.isArray(token.channels) ? token.channels : [];
-}
+const agServer = socketClusterServer.attach(httpServer, SERVER_OPTIONS);
 
 // --- Middleware -------------------------------------------------------------------------------
 
@@ -184,16 +149,4 @@ function serve(socket, name, handler) {
 
 // --- Lifecycle --------------------------------------------------------------------------------
 
-httpServer.listen(PORT, HOST, () => {
-  process.stdout.write(`READY ${httpServer.address().port}\n`);
-});
-
-function shutdown() {
-  try {
-    agServer.close();
-  } catch (err) {}
-  httpServer.close();
-  process.exit(0);
-}
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);
+listenAndServe(httpServer, agServer);
