@@ -39,6 +39,7 @@ from trio_socketcluster.middleware import (
     Hook,
     Middleware,
     MiddlewareRegistry,
+    Pending,
     PublishInRequest,
     PublishOutRequest,
     Request,
@@ -47,6 +48,7 @@ from trio_socketcluster.middleware import (
     is_sync_chain,
     run_chain,
     run_chain_async,
+    start_chain,
 )
 from trio_socketcluster.transport.base import HandshakeRequest
 
@@ -447,6 +449,50 @@ def test_sync_runner_refuses_async_middleware_without_warning() -> None:
         with pytest.raises(TypeError, match="run_chain_async"):
             run_chain([amw], make_request(Hook.EMIT))
         gc.collect()
+
+
+class Charging:
+    """A plain-function middleware with a side effect (like a rate limiter's charge)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, request: Any) -> None:
+        self.calls += 1
+
+
+async def test_plain_then_awaitable_returning_middleware_runs_each_once() -> None:
+    # The bug: a plain function before one that *returns* an awaitable (a lambda returning a
+    # coroutine) made the sync runner raise, and the caller reran the whole chain async.
+    first, last = Charging(), Charging()
+
+    async def verdict() -> Allow:
+        return Allow(data="changed")
+
+    chain = [first, lambda request: verdict(), last]
+    outcome = start_chain(chain, make_request(Hook.EMIT, "data"))
+    assert isinstance(outcome, Pending)
+    assert (first.calls, last.calls) == (1, 0)
+    final = await outcome.resume()
+    assert isinstance(final, Allowed)
+    assert final.data == "changed"
+    assert (first.calls, last.calls) == (1, 1)
+
+
+@settings(max_examples=60)
+@given(hooks, spec_lists)
+def test_start_chain_then_resume_calls_each_middleware_once(hook: Hook, items: list[Spec]) -> None:
+    # Async middleware wrapped in plain lambdas: the sync driver cannot know in advance.
+    log: list[int] = []
+    chain = [
+        (lambda mw: lambda request: mw(request))(build(s, log)) if s.is_async else build(s, log)
+        for s in items
+    ]
+    outcome = start_chain(chain, make_request(hook))
+    if isinstance(outcome, Pending):
+        outcome = trio.run(outcome.resume)
+    assert summary(outcome) == expected(items, hook)
+    assert log == calls_expected(items)
 
 
 def test_is_sync_chain_sees_async_call_methods() -> None:

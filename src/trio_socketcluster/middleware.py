@@ -11,7 +11,10 @@ What this module owns:
   publish-in, ``ack_data``), ``Block`` (an error, or nothing for a *silent* block), or
   ``None`` meaning "allow unchanged".
 * The outcome of a whole chain, ``Allowed`` or ``Blocked``, which is what the server acts on,
-  and the two runners ``run_chain`` (sync, a plain fold) and ``run_chain_async``.
+  and the chain as one fold with two drivers: ``start_chain`` (sync: returns the outcome, or a
+  ``Pending`` when a middleware returns an awaitable) and ``Pending.resume()`` (async: awaits
+  and folds on). No middleware ever runs twice. ``run_chain`` (sync chains only) and
+  ``run_chain_async`` are shorthands over the two.
 * ``MiddlewareRegistry``: the per-hook chains in registration order.
 * Built-in middleware factories: ``token_channels``, ``allowed_origins`` (with the pure
   predicate ``origin_allowed``), ``rate_limit`` over the pure ``TokenBucket``,
@@ -85,6 +88,7 @@ __all__ = [
     "Hook",
     "Middleware",
     "MiddlewareRegistry",
+    "Pending",
     "PublishInRequest",
     "PublishOutRequest",
     "RateLimiter",
@@ -101,6 +105,7 @@ __all__ = [
     "rate_limit",
     "run_chain",
     "run_chain_async",
+    "start_chain",
     "token_channels",
     "valid_channel_names",
 ]
@@ -423,43 +428,122 @@ def _blocked(hook: Hook, block: Block) -> Blocked:
     return _block_outcome(hook, block)
 
 
+class Pending:
+    """A chain suspended on an awaitable a middleware returned; ``resume()`` finishes it.
+
+    ``start_chain`` returns one when a middleware (an ``async def``, or a plain function that
+    returns a coroutine) hands back an awaitable: the middleware before it ran exactly once
+    and are not run again; ``await pending.resume()`` awaits that verdict and folds the rest
+    of the chain. Cancellation while resuming propagates and leaves no outcome.
+    """
+
+    __slots__ = ("_ack_data", "_awaitable", "_chain", "_current", "_data", "_index", "_original")
+
+    def __init__(
+        self,
+        chain: Sequence[Middleware],
+        index: int,
+        current: Any,
+        data: Any,
+        original: Any,
+        ack_data: Any,
+        awaitable: Awaitable[Any],
+    ) -> None:
+        self._chain = chain
+        self._index = index  # the middleware whose verdict is awaited
+        self._current = current
+        self._data = data
+        self._original = original
+        self._ack_data = ack_data
+        self._awaitable = awaitable
+
+    async def resume(self) -> Allowed | Blocked:
+        """The async driver: await each pending verdict and fold on from there."""
+        pending = self
+        while True:
+            request = pending._current
+            try:
+                verdict = await pending._awaitable
+            except Exception as exc:
+                return _failure_outcome(request.hook, exc)
+            outcome = _fold(
+                pending._chain, pending._index, request, pending._data, pending._original,
+                pending._ack_data, verdict,
+            )  # fmt: skip
+            if not isinstance(outcome, Pending):
+                return outcome
+            pending = outcome
+
+    def close(self) -> None:
+        """Drop the chain without awaiting it (a coroutine is closed: no "never awaited")."""
+        if inspect.iscoroutine(self._awaitable):
+            self._awaitable.close()
+
+
+_NO_VERDICT: Final = object()
+
+
+def _fold(
+    chain: Sequence[Middleware],
+    index: int,
+    current: Any,
+    data: Any,
+    original: Any,
+    ack_data: Any,
+    verdict: Any = _NO_VERDICT,
+) -> Allowed | Blocked | Pending:
+    """The one fold both drivers share. Runs ``chain[index:]`` on ``current``; with
+    ``verdict`` given, that is ``chain[index]``'s (already awaited) verdict."""
+    hook = current.hook
+    has_data = current.has_data
+    n = len(chain)
+    while index < n:
+        fn = chain[index]
+        if verdict is _NO_VERDICT:
+            try:
+                verdict = fn(current)
+            except Exception as exc:
+                return _failure_outcome(hook, exc)
+        if verdict is None:
+            pass
+        elif isinstance(verdict, Allow):
+            if verdict.data is not UNCHANGED and has_data:
+                data = verdict.data
+                current = _with_data(current, data)
+            if verdict.ack_data is not UNCHANGED and hook is Hook.PUBLISH_IN:
+                ack_data = verdict.ack_data
+        elif isinstance(verdict, Block):
+            return _blocked(hook, verdict)
+        elif inspect.isawaitable(verdict):
+            return Pending(chain, index, current, data, original, ack_data, verdict)
+        else:
+            return _bad_verdict(hook, fn, verdict)
+        verdict = _NO_VERDICT
+        index += 1
+    return _allowed(data, ack_data, data is not original)
+
+
+def start_chain(chain: Sequence[Middleware], request: Request) -> Allowed | Blocked | Pending:
+    """The sync driver: fold ``request`` through ``chain`` until done or until a middleware
+    returns an awaitable (then a ``Pending`` to ``await .resume()``). Each middleware runs
+    at most once, whichever driver finishes the chain."""
+    original = request.data if request.has_data else None  # type: ignore[union-attr]
+    if not chain:
+        return _allowed(original, UNCHANGED, False)
+    return _fold(chain, 0, request, original, original, UNCHANGED)
+
+
 def run_chain(chain: Sequence[Middleware], request: Request) -> Allowed | Blocked:
     """Fold ``request`` through ``chain`` (sync middleware only) and return the outcome.
 
     Raises ``TypeError`` if a middleware returns an awaitable (a coroutine is closed first,
-    so no "never awaited" warning); use ``run_chain_async`` for such chains.
+    so no "never awaited" warning); use ``run_chain_async`` (or ``start_chain``) then.
     """
-    has_data = request.has_data
-    original = request.data if has_data else None  # type: ignore[union-attr]
-    if not chain:
-        return _allowed(original, UNCHANGED, False)
-    data = original
-    ack_data: Any = UNCHANGED
-    current: Any = request
-    for fn in chain:
-        try:
-            verdict = fn(current)
-        except Exception as exc:
-            return _failure_outcome(request.hook, exc)
-        if verdict is None:
-            continue
-        if isinstance(verdict, Allow):
-            if verdict.data is not UNCHANGED and has_data:
-                data = verdict.data
-                current = _with_data(current, data)
-            if verdict.ack_data is not UNCHANGED and request.hook is Hook.PUBLISH_IN:
-                ack_data = verdict.ack_data
-        elif isinstance(verdict, Block):
-            return _blocked(request.hook, verdict)
-        elif inspect.isawaitable(verdict):
-            if inspect.iscoroutine(verdict):
-                verdict.close()
-            raise TypeError(
-                f"{request.hook.value} middleware {fn!r} is asynchronous; use run_chain_async"
-            )
-        else:
-            return _bad_verdict(request.hook, fn, verdict)
-    return _allowed(data, ack_data, data is not original)
+    outcome = start_chain(chain, request)
+    if isinstance(outcome, Pending):
+        outcome.close()
+        raise TypeError(f"{request.hook.value} middleware is asynchronous; use run_chain_async")
+    return outcome
 
 
 async def run_chain_async(chain: Sequence[Middleware], request: Request) -> Allowed | Blocked:
@@ -468,31 +552,10 @@ async def run_chain_async(chain: Sequence[Middleware], request: Request) -> Allo
     Cancellation: if cancelled while a middleware is awaited, the cancellation propagates
     and the chain has no outcome; nothing is left behind by the runner itself.
     """
-    has_data = request.has_data
-    original = request.data if has_data else None  # type: ignore[union-attr]
-    data = original
-    ack_data: Any = UNCHANGED
-    current: Any = request
-    for fn in chain:
-        try:
-            verdict: object = fn(current)
-            if inspect.isawaitable(verdict):
-                verdict = await verdict
-        except Exception as exc:
-            return _failure_outcome(request.hook, exc)
-        if verdict is None:
-            continue
-        if isinstance(verdict, Allow):
-            if verdict.data is not UNCHANGED and has_data:
-                data = verdict.data
-                current = _with_data(current, data)
-            if verdict.ack_data is not UNCHANGED and request.hook is Hook.PUBLISH_IN:
-                ack_data = verdict.ack_data
-        elif isinstance(verdict, Block):
-            return _blocked(request.hook, verdict)
-        else:
-            return _bad_verdict(request.hook, fn, verdict)
-    return _allowed(data, ack_data, data is not original)
+    outcome = start_chain(chain, request)
+    if isinstance(outcome, Pending):
+        return await outcome.resume()
+    return outcome
 
 
 def _is_async(fn: object) -> bool:

@@ -44,12 +44,11 @@ from ..middleware import (
     EmitRequest,
     HandshakeSCRequest,
     Hook,
+    Pending,
     PublishInRequest,
     PublishOutRequest,
     SubscribeRequest,
-    is_sync_chain,
-    run_chain,
-    run_chain_async,
+    start_chain,
 )
 from ..protocol import MISSING, Action, Close, EventPacket, Machine, ResponsePacket
 from ..protocol.codec import event_bytes, response_bytes
@@ -97,14 +96,12 @@ def _only_cancelled(exc: BaseException) -> bool:
 
 
 async def run_any_chain(chain: tuple[Any, ...], request: Any) -> Any:
-    """Run a middleware chain: inline when every middleware is a plain function, else (or if
-    a plain function turns out to return an awaitable) through the async runner."""
-    if is_sync_chain(chain):
-        try:
-            return run_chain(chain, request)
-        except TypeError:  # a plain callable returned an awaitable (e.g. a lambda)
-            pass
-    return await run_chain_async(chain, request)
+    """Run a middleware chain: inline until a middleware returns an awaitable, then awaiting
+    from there on (no middleware runs twice)."""
+    outcome = start_chain(chain, request)
+    if isinstance(outcome, Pending):
+        return await outcome.resume()
+    return outcome
 
 
 def _block_error(error: Any) -> Any:
@@ -399,21 +396,18 @@ class ServerSocket:
             socket=self, channel=channel, data=data, auth_token=self.auth_token,
             now=self.server.now(),
         )  # fmt: skip
-        if is_sync_chain(chain):
-            try:
-                outcome = run_chain(chain, request)
-            except TypeError:  # a plain callable returned an awaitable: run it async below
-                pass
-            else:
-                self._deliver_outcome(outcome, message, channel)
-                return
-        if self._nursery is not None and not self._closing:
-            self._nursery.start_soon(self._deliver_async, chain, request, message)
+        outcome = start_chain(chain, request)
+        if not isinstance(outcome, Pending):
+            self._deliver_outcome(outcome, message, channel)
+        elif self._nursery is not None and not self._closing:
+            self._nursery.start_soon(self._deliver_async, outcome, channel, message)
+        else:
+            outcome.close()
 
     async def _deliver_async(
-        self, chain: tuple[Any, ...], request: PublishOutRequest, message: OutboundMessage
+        self, pending: Pending, channel: str, message: OutboundMessage
     ) -> None:
-        self._deliver_outcome(await run_chain_async(chain, request), message, request.channel)
+        self._deliver_outcome(await pending.resume(), message, channel)
 
     def _deliver_outcome(self, outcome: Any, message: OutboundMessage, channel: str) -> None:
         if isinstance(outcome, Blocked):

@@ -16,9 +16,9 @@ from enum import Enum
 
 import trio
 
+from ..protocol.rules import sendable_code as sendable_code
+from ..protocol.rules import truncate_reason as truncate_reason
 from .base import SLOW_CONSUMER_CLOSE_CODE, HandshakeRequest, TransportClosed
-
-_MAX_REASON_BYTES = 123
 
 #: The ``_idle`` of a transport that nobody has waited on yet: nothing ever parks here (the
 #: first ``_drain`` that must wait gives its transport a lot of its own), so unparking it is
@@ -37,21 +37,6 @@ class State(Enum):
     """A close is queued or sent (ours or our echo); sends are ignored."""
     CLOSED = "closed"
     """The stream is closed."""
-
-
-def sendable_code(code: int) -> int:
-    """``code`` if RFC 6455 lets an endpoint send it, else 1000."""
-    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
-        return code
-    return 1000
-
-
-def truncate_reason(reason: str) -> str:
-    """``reason`` cut to 123 UTF-8 bytes without splitting a character."""
-    raw = reason.encode("utf-8")
-    if len(raw) <= _MAX_REASON_BYTES:
-        return reason
-    return raw[:_MAX_REASON_BYTES].decode("utf-8", errors="ignore")
 
 
 class Wakeup:
