@@ -469,7 +469,7 @@ async def test_plain_then_awaitable_returning_middleware_runs_each_once() -> Non
     async def verdict() -> Allow:
         return Allow(data="changed")
 
-    chain = [first, lambda request: verdict(), last]
+    chain: list[Middleware] = [first, lambda request: verdict(), last]
     outcome = start_chain(chain, make_request(Hook.EMIT, "data"))
     assert isinstance(outcome, Pending)
     assert (first.calls, last.calls) == (1, 0)
@@ -484,7 +484,7 @@ async def test_plain_then_awaitable_returning_middleware_runs_each_once() -> Non
 def test_start_chain_then_resume_calls_each_middleware_once(hook: Hook, items: list[Spec]) -> None:
     # Async middleware wrapped in plain lambdas: the sync driver cannot know in advance.
     log: list[int] = []
-    chain = [
+    chain: list[Middleware] = [
         (lambda mw: lambda request: mw(request))(build(s, log)) if s.is_async else build(s, log)
         for s in items
     ]
