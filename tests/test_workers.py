@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import queue
+import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +19,9 @@ import trio
 from procs import TESTS, Process
 from redisserver import RedisServer
 from wsclient import Closed, RawClient, new_client
+
+from trio_socketcluster import AuthEngine, Keyring
+from trio_socketcluster.config import AUTH_KEY_ENV
 
 WORKERS = 3
 
@@ -157,3 +163,58 @@ def test_several_workers_need_a_shared_broker() -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "--workers 2 needs a shared broker: pass --broker redis://" in proc.stderr
+
+
+@pytest.mark.usefixtures("close_clients")
+@pytest.mark.parametrize("source", ["file", "variable"])
+async def test_the_key_reaches_the_workers_on_a_pipe_not_the_environment(
+    tmp_path: Path, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key given to the launcher signs the workers' tokens, yet no worker has it (nor the
+    variable) in its environment: it travelled on a pipe."""
+    key = secrets.token_hex(32)
+    args = [sys.executable, "-m", "trio_socketcluster.cli", "serve", "redis_app:make_server",
+            "--workers", "1", "--port", "0"]  # fmt: skip
+    for name in ("AUTH_KEY", "BROKER", AUTH_KEY_ENV):  # Process adds os.environ
+        monkeypatch.delenv(name, raising=False)
+    env: dict[str, str] = {}
+    if source == "file":
+        (tmp_path / "auth.key").write_text(key)
+        args += ["--auth-key-file", str(tmp_path / "auth.key")]
+    else:
+        env[AUTH_KEY_ENV] = key
+    app = Process(args, env=env, new_session=True)
+    try:
+        app.wait_ready(30)
+        with trio.fail_after(20):
+            client = await _connect(app.port)
+            worker_pid = await _pid(client)
+            login = await client.invoke("login", {"username": "alice", "password": "alice-pass"})
+            assert "error" not in login, login
+            token = next(p for p in client.others if p.get("event") == "#setAuthToken")
+        payload = AuthEngine(Keyring.symmetric(key)).verify(token["data"]["token"], now=time.time())
+        assert payload["username"] == "alice"
+        environ = await trio.Path(f"/proc/{worker_pid}/environ").read_bytes()
+        assert key.encode() not in environ
+        assert AUTH_KEY_ENV.encode() + b"=" not in environ
+        assert b"TRIO_SOCKETCLUSTER_WORKER=" in environ  # the right process was read
+    finally:
+        assert app.stop(20) == 0
+
+
+def test_the_launcher_refuses_a_port_in_use() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "trio_socketcluster.cli", "serve", "redis_app:make_server",
+             "--workers", "1", "--port", str(port)],
+            cwd=TESTS, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == (
+        f"trio-socketcluster: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )

@@ -1,58 +1,88 @@
-"""The command line: ``trio-socketcluster serve MODULE:ATTR`` (argument parsing only).
+"""The command line: ``trio-socketcluster serve MODULE:ATTR``.
 
-``--broker redis://...`` switches the application to the Redis broker; ``--workers N`` runs N
-worker processes on one port (``trio_socketcluster.workers``).
+This module parses the arguments, resolves the auth key once and hands it to the application
+(``Server.install_auth_key``), and serves: it prints ``serving ... on ws://...`` only once the
+port is bound. Loading ``MODULE:ATTR`` is ``trio_socketcluster.loading``; ``--workers N`` is
+``trio_socketcluster.workers``.
 
-``ATTR`` names a ``Server`` or a callable returning one. Keys come from a file
-(``--auth-key-file``) or the ``TRIO_SOCKETCLUSTER_AUTH_KEY`` environment variable, never from
-the command line itself: command lines are visible to every user of the machine (``ps``) and
-end up in shell histories.
+The key comes from a file (``--auth-key-file``) or the ``TRIO_SOCKETCLUSTER_AUTH_KEY``
+environment variable, never from the command line itself: command lines are visible to every
+user of the machine (``ps``) and end up in shell histories. Nothing here writes ``os.environ``.
+
+Every failure to load or start is one line ``trio-socketcluster: error: ...`` on stderr and
+exit status 2 (with ``--log-level debug``, the application's traceback follows the line).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
-import secrets
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+import traceback
+from collections.abc import Mapping, Sequence
 
+import trio
+
+from .config import AUTH_KEY_ENV, check_hs256_key
 from .errors import InvalidOptionsError
+from .loading import AppLoadError, load_app
+from .server import Server
+from .workers import WorkerError, WorkerOptions, run_workers
 
-__all__ = ["load_app", "main"]
+__all__ = ["CliError", "main", "read_auth_key"]
 
-AUTH_KEY_ENV = "TRIO_SOCKETCLUSTER_AUTH_KEY"
+log = logging.getLogger("trio_socketcluster.cli")
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class CliError(Exception):
-    pass
+    """The command cannot run; the message is the one line shown after ``error:``."""
 
 
-def load_app(spec: str) -> Any:
-    """Import ``MODULE:ATTR`` and return the ``Server`` it names (calling a factory)."""
-    from .server import Server
-
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise CliError(f"expected MODULE:ATTR, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+def read_auth_key(key_file: str | None, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """The HS256 key and where it came from (``--auth-key-file``, else ``$AUTH_KEY_ENV``), or
+    ``None`` when neither is given. Surrounding whitespace is stripped. ``CliError`` for an
+    unreadable file or a key under 32 bytes."""
+    if key_file is not None:
+        source = f"the auth key file {key_file}"
+        try:
+            with open(key_file, encoding="utf-8") as f:
+                key = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise CliError(f"cannot read the auth key file {key_file}: {reason}") from None
+    else:
+        source = f"${AUTH_KEY_ENV}"
+        key = environ.get(AUTH_KEY_ENV, "").strip()
+        if not key:
+            return None
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CliError(f"cannot import module {module_name!r}: {exc}") from None
+        return check_hs256_key(key, source=source), source
+    except InvalidOptionsError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _port(text: str) -> int:
     try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(obj, Server) and callable(obj):
-        obj = obj()
-    if not isinstance(obj, Server):
-        raise CliError(f"{spec} is not a trio_socketcluster.Server (got {type(obj).__name__})")
-    return obj
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not in 0..65535 (0 picks a free port)")
+    return port
+
+
+def _workers(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count}: at least 1 worker")
+    return count
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,14 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run a server application")
     serve.add_argument("app", help="MODULE:ATTR naming a Server or a factory returning one")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000, help="0..65535; 0 picks a free port")
     serve.add_argument(
         "--auth-key-file",
-        help=f"file holding the HS256 auth key (else ${AUTH_KEY_ENV}, else a random key)",
+        help=f"file holding the HS256 auth key, at least 32 bytes (else ${AUTH_KEY_ENV}, "
+        "else a random key)",
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         help="run N worker processes on the port (SO_REUSEPORT), restarted when they die; "
         "more than one needs --broker",
     )
@@ -79,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         "--broker",
         help="redis://host:port/db: the Redis broker joining processes (needs the redis extra)",
     )
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
     return parser
 
 
@@ -89,45 +120,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        if args.auth_key_file:
-            try:
-                with open(args.auth_key_file, encoding="utf-8") as f:
-                    key = f.read().strip()
-            except OSError as exc:
-                raise CliError(f"cannot read the auth key file: {exc}") from None
-            if not key:
-                raise CliError("the auth key file is empty")
-            os.environ[AUTH_KEY_ENV] = key
-        if args.workers is not None and not os.environ.get(AUTH_KEY_ENV):
-            # One key for the parent's check of the app and for every worker.
-            os.environ[AUTH_KEY_ENV] = secrets.token_hex(32)
+        resolved = read_auth_key(args.auth_key_file, os.environ)
         server = load_app(args.app)
         if args.workers is not None:
-            return _serve_workers(args, server)
+            return _serve_workers(args, server, resolved[0] if resolved else None)
+        if resolved is not None and not server.install_auth_key(resolved[0]):
+            log.warning(
+                "%s configures its own auth key: the key from %s is not used", args.app,
+                resolved[1],
+            )  # fmt: skip
         if args.broker:
             try:
                 server.set_broker(args.broker)
             except InvalidOptionsError as exc:
                 raise CliError(str(exc)) from None
-        print(
-            f"trio-socketcluster: serving {args.app} on "
-            f"ws://{args.host}:{args.port}{server.config.path}",
-            flush=True,
-        )
-        try:
-            server.run(args.host, args.port)
-        except OSError as exc:
-            raise CliError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
-    except CliError as exc:
-        print(f"trio-socketcluster: error: {exc}", file=sys.stderr)
+        trio.run(_serve, server, args)
+    except (CliError, AppLoadError) as exc:
+        print(f"trio-socketcluster: error: {exc}", file=sys.stderr, flush=True)
+        if args.log_level == "debug" and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         return 2
     return 0
 
 
-def _serve_workers(args: argparse.Namespace, server: Any) -> int:
-    """``serve --workers N``: the launcher (the application was loaded once to check it)."""
-    from .workers import WorkerError, WorkerOptions, run_workers
+def _url(sockname: tuple[object, ...], path: str) -> str:
+    host, port = str(sockname[0]), int(str(sockname[1]))
+    return f"ws://[{host}]:{port}{path}" if ":" in host else f"ws://{host}:{port}{path}"
 
+
+async def _serve(server: Server, args: argparse.Namespace) -> None:
+    """Bind, announce the bound address, serve until SIGINT or SIGTERM (then every socket is
+    closed with 1001 within ``shutdown_timeout_s``)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            listeners = await trio.open_tcp_listeners(args.port, host=args.host)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise CliError(f"cannot listen on {args.host}:{args.port}: {reason}") from None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_listeners, listeners)
+            urls = ", ".join(_url(ln.socket.getsockname(), server.config.path) for ln in listeners)
+            print(f"trio-socketcluster: serving {args.app} on {urls}", flush=True)
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()
+
+
+def _serve_workers(args: argparse.Namespace, server: Server, key: str | None) -> int:
+    """``serve --workers N``: the launcher (the application was loaded once to check it)."""
     options = WorkerOptions(
         app=args.app,
         host=args.host,
@@ -135,6 +175,8 @@ def _serve_workers(args: argparse.Namespace, server: Any) -> int:
         workers=args.workers,
         broker=args.broker,
         app_has_shared_broker=hasattr(server.broker, "send_command"),
+        auth_key=key,
+        log_level=args.log_level,
     )
     try:
         return run_workers(options)

@@ -8,17 +8,64 @@ Defaults follow the reference servers except where the reference is unsafe:
   stopped reading) is closed with 4100 and its buffer dropped.
 * ``origins`` are matched exactly on host:port (the reference's substring match is a bug).
 
-Pure: no I/O, clock or randomness.
+Also the names of the environment variables the package reads, each spelled here once
+(``AUTH_KEY_ENV`` is read by the command line only; ``CLUSTER_KEY_ENV`` by
+``resolve_cluster_key``), and the rules for keys handed over from outside the application
+(``check_hs256_key``).
+
+Pure: no I/O, clock or randomness (the environment is a parameter).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from .errors import InvalidOptionsError
 
-__all__ = ["ServerConfig"]
+__all__ = [
+    "AUTH_KEY_ENV",
+    "CLUSTER_KEY_ENV",
+    "KEY_RECIPE",
+    "MIN_HS256_KEY_BYTES",
+    "ServerConfig",
+    "check_hs256_key",
+    "resolve_cluster_key",
+]
+
+#: The HS256 auth key of ``trio-socketcluster serve`` (when there is no ``--auth-key-file``).
+AUTH_KEY_ENV: Final = "TRIO_SOCKETCLUSTER_AUTH_KEY"
+#: The key the Redis bus is signed with (else derived from the HS256 auth key).
+CLUSTER_KEY_ENV: Final = "TRIO_SOCKETCLUSTER_CLUSTER_KEY"
+#: RFC 7518 section 3.2: a key used with HS256 must be at least 256 bits.
+MIN_HS256_KEY_BYTES: Final = 32
+#: How to make a good key (shown when one is refused).
+KEY_RECIPE: Final = (
+    'python -c "import secrets; print(secrets.token_hex(32))" > auth.key && chmod 600 auth.key'
+)
+
+
+def check_hs256_key(key: str, *, source: str) -> str:
+    """``key`` (already stripped), or ``InvalidOptionsError`` saying why it is refused and how
+    to make a good one. ``source`` names where it came from, for the message."""
+    if not key:
+        raise InvalidOptionsError(f"{source} is empty; make a key with: {KEY_RECIPE}")
+    size = len(key.encode("utf-8"))
+    if size < MIN_HS256_KEY_BYTES:
+        raise InvalidOptionsError(
+            f"{source} holds a {size}-byte key; an HS256 key must be at least "
+            f"{MIN_HS256_KEY_BYTES} bytes (RFC 7518 section 3.2); make one with: {KEY_RECIPE}"
+        )
+    return key
+
+
+def resolve_cluster_key(
+    environ: Mapping[str, str], auth_key: str | bytes | None
+) -> str | bytes | None:
+    """The key the Redis bus is signed with: ``$TRIO_SOCKETCLUSTER_CLUSTER_KEY``, else the
+    HS256 ``auth_key``, else ``None`` (no shared key: a Redis broker cannot work)."""
+    return environ.get(CLUSTER_KEY_ENV) or auth_key or None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -44,6 +91,9 @@ class ServerConfig:
     auth_verify_algorithms: tuple[str, ...] | None = None
     auth_default_expiry_s: float | None = 86400
     auth_leeway_s: float = 0
+    """Clock tolerance for ``exp``/``nbf``; feeds the ``AuthEngine`` the server builds (with
+    ``Server(auth=engine)`` the engine's own ``leeway_s`` holds, and a different value here is
+    refused). Read it as ``server.auth.leeway_s``."""
     renew_before_s: float | None = None
     """When set, the renewal hook is called this many seconds before a token expires."""
     shutdown_timeout_s: float = 5.0

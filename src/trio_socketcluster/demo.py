@@ -1,7 +1,8 @@
 """A small demo application, served by ``trio-socketcluster serve trio_socketcluster.demo:app``.
 
-Embedded defaults: in-process broker, a random auth key (unless ``TRIO_SOCKETCLUSTER_AUTH_KEY``
-is set), 127.0.0.1:8000, path ``/socketcluster/``.
+Embedded defaults: in-process broker, a random auth key (unless the command line hands one
+over: ``--auth-key-file`` or ``$TRIO_SOCKETCLUSTER_AUTH_KEY``), 127.0.0.1:8000, path
+``/socketcluster/``.
 
 * ``login {username, password}``: any username with the password ``demo`` logs in; the token
   carries ``{username, channels: ["chat", "news"]}`` and lasts one hour.

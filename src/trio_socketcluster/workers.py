@@ -4,13 +4,17 @@
 **supervisor** in the parent:
 
 * it binds ``host:port`` with ``SO_REUSEPORT`` (without listening: it only reserves the port,
-  and picks it when ``port`` is 0), generates a shared auth key when none is configured, and
-  passes both to the workers through the environment;
-* it starts N workers (``python -m trio_socketcluster.workers``). Each imports the
-  application, switches it to the Redis broker (``--broker``), opens its own ``SO_REUSEPORT``
-  listener on the same port (the kernel spreads new connections over the workers) and serves
-  it with ``Server.serve_listeners``. A worker reports readiness on a pipe, and watches a
-  second pipe from the supervisor: if the supervisor dies, its workers shut down;
+  and picks it when ``port`` is 0) and generates a shared auth key when none is given
+  (``WorkerOptions.auth_key``);
+* it starts N workers (``python -m trio_socketcluster.workers``), each with its settings in its
+  own environment (``TRIO_SOCKETCLUSTER_WORKER``, JSON) and the auth key on a pipe (never in an
+  environment, so the application's own subprocesses do not inherit it). Each worker loads the
+  application (``trio_socketcluster.loading``), installs the key
+  (``Server.install_auth_key``), switches to the Redis broker (``--broker``), opens its own
+  ``SO_REUSEPORT`` listener on the same port (the kernel spreads new connections over the
+  workers) and serves it with ``Server.serve_listeners``. A worker reports readiness on a
+  pipe, and watches a second pipe from the supervisor: if the supervisor dies, its workers
+  shut down;
 * a worker that exits unexpectedly is started again, after a delay that doubles while it keeps
   failing quickly (up to ``restart_max_s``);
 * SIGTERM or SIGINT drains: every worker gets SIGTERM and closes its sockets with 1001
@@ -22,6 +26,7 @@ be its own island, publishes would reach a fraction of the subscribers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,16 +35,20 @@ import signal
 import socket as stdlib_socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import trio
+
+from .config import AUTH_KEY_ENV
+from .errors import InvalidOptionsError
+from .loading import AppLoadError, load_app
+from .server import Server
 
 __all__ = ["WorkerError", "WorkerOptions", "open_reuseport_listeners", "run_workers"]
 
 log = logging.getLogger("trio_socketcluster.workers")
 
-AUTH_KEY_ENV: Final = "TRIO_SOCKETCLUSTER_AUTH_KEY"
 WORKER_ENV: Final = "TRIO_SOCKETCLUSTER_WORKER"
 
 
@@ -55,6 +64,8 @@ class WorkerOptions:
     workers: int = 1
     broker: str | None = None  #: a Redis URL; required when workers > 1 ...
     app_has_shared_broker: bool = False  #: ... unless the application set one up itself
+    auth_key: str | None = field(default=None, repr=False)  #: None: one generated for all
+    log_level: str = "info"
     backlog: int = 1024
     drain_timeout_s: float = 15.0
     restart_min_s: float = 0.5
@@ -115,7 +126,9 @@ def run_workers(options: WorkerOptions) -> int:
         reservation.bind((options.host, options.port))
     except OSError as exc:
         reservation.close()
-        raise WorkerError(f"cannot bind {options.host}:{options.port}: {exc}") from None
+        raise WorkerError(
+            f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}"
+        ) from None
     port = int(reservation.getsockname()[1])
     try:
         return trio.run(_supervise, options, port)
@@ -129,10 +142,11 @@ class _Supervisor:
         self.port = port
         self.draining = False
         self.processes: dict[int, trio.Process] = {}
-        env = dict(os.environ)
-        if not env.get(AUTH_KEY_ENV):
-            env[AUTH_KEY_ENV] = secrets.token_hex(32)
+        if options.auth_key is None:
             log.info("no auth key given: generated one shared by the workers")
+        self.key = (options.auth_key or secrets.token_hex(32)).encode("utf-8")
+        env = dict(os.environ)
+        env.pop(AUTH_KEY_ENV, None)  # the key travels on a pipe only
         self.env = env
 
     async def run_slot(self, index: int, ready: trio.Event) -> None:
@@ -159,6 +173,7 @@ class _Supervisor:
     async def _run_once(self, index: int, ready: trio.Event) -> int | None:
         ready_r, ready_w = os.pipe()
         life_r, life_w = os.pipe()
+        key_r, key_w = os.pipe()
         config = {
             "app": self.options.app,
             "host": self.options.host,
@@ -168,22 +183,28 @@ class _Supervisor:
             "index": index,
             "ready_fd": ready_w,
             "lifeline_fd": life_r,
+            "key_fd": key_r,
+            "log_level": self.options.log_level,
         }
         env = dict(self.env, **{WORKER_ENV: json.dumps(config)})
         try:
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "trio_socketcluster.workers"],
                 env=env,
-                pass_fds=(ready_w, life_r),
+                pass_fds=(ready_w, life_r, key_r),
             )
         except BaseException:
-            for fd in (ready_r, ready_w, life_r, life_w):
+            for fd in (ready_r, ready_w, life_r, life_w, key_r, key_w):
                 os.close(fd)
             raise
         os.close(ready_w)
         os.close(life_r)
+        os.close(key_r)
         self.processes[index] = process
         try:
+            async with trio.lowlevel.FdStream(key_w) as key_stream:
+                with contextlib.suppress(trio.BrokenResourceError):  # the worker died: see below
+                    await key_stream.send_all(self.key)
             async with trio.lowlevel.FdStream(ready_r) as ready_stream:
                 with trio.move_on_after(self.options.ready_timeout_s):
                     if await ready_stream.receive_some(64):
@@ -237,12 +258,7 @@ async def _supervise(options: WorkerOptions, port: int) -> int:
 # ---------------------------------------------------------------------------------- worker
 
 
-async def _worker(config: dict[str, Any]) -> None:
-    from .cli import load_app
-
-    server = load_app(str(config["app"]))
-    if config.get("broker"):
-        server.set_broker(str(config["broker"]))
+async def _worker(config: dict[str, Any], server: Server) -> None:
     listeners = await open_reuseport_listeners(
         str(config["host"]), int(config["port"]), backlog=int(config.get("backlog", 1024))
     )
@@ -273,12 +289,22 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     config = json.loads(raw)
+    with os.fdopen(int(config["key_fd"]), "rb") as key_pipe:
+        key = key_pipe.read().decode("utf-8")
     logging.basicConfig(
-        level=os.environ.get("TRIO_SOCKETCLUSTER_LOG_LEVEL", "INFO").upper(),
+        level=str(config.get("log_level", "info")).upper(),
         format=f"%(asctime)s %(levelname)s worker{config['index']}[%(process)d] %(name)s: "
         "%(message)s",
     )
-    trio.run(_worker, config)
+    try:
+        server = load_app(str(config["app"]))
+        server.install_auth_key(key)
+        if config.get("broker"):
+            server.set_broker(str(config["broker"]))
+    except (AppLoadError, InvalidOptionsError) as exc:
+        print(f"trio-socketcluster: error: worker {config['index']}: {exc}", file=sys.stderr)
+        return 2
+    trio.run(_worker, config, server)
     return 0
 
 

@@ -53,6 +53,7 @@ import coredis.retry
 import orjson
 import trio
 
+from ..config import CLUSTER_KEY_ENV, resolve_cluster_key
 from ..errors import BrokerError, InvalidOptionsError
 from ..protocol.codec import encode
 from .base import Subscriber
@@ -62,7 +63,6 @@ __all__ = ["CLUSTER_KEY_ENV", "BrokerStats", "RedisBroker", "derive_bus_key"]
 
 log = logging.getLogger("trio_socketcluster.redis")
 
-CLUSTER_KEY_ENV: Final = "TRIO_SOCKETCLUSTER_CLUSTER_KEY"
 _LABEL: Final = b"trio-socketcluster bus v1"
 _HEAD: Final = b'{"s":"'
 _MID: Final = b'","b":'
@@ -179,7 +179,7 @@ class RedisBroker:
         every process of the cluster needs the same one. Other keyword arguments go to
         ``RedisBroker``.
         """
-        key = cluster_key if cluster_key is not None else os.environ.get(CLUSTER_KEY_ENV)
+        key = cluster_key if cluster_key is not None else resolve_cluster_key(os.environ, None)
         if not key:
             raise InvalidOptionsError(
                 f"a Redis broker needs a cluster key shared by every process: pass auth_key "

@@ -32,6 +32,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -40,7 +41,7 @@ import trio
 from ..auth import AuthEngine, Keyring
 from ..brokers.base import Broker
 from ..brokers.local import LocalBroker
-from ..config import ServerConfig
+from ..config import ServerConfig, resolve_cluster_key
 from ..errors import InvalidArgumentsError, InvalidOptionsError
 from ..middleware import (
     Blocked,
@@ -94,10 +95,12 @@ class Server:
         if config is not None and options:
             raise InvalidOptionsError("pass either config= or keyword options, not both")
         cfg = config if config is not None else ServerConfig(**options)
-        self.config = cfg
+        self._hs256_key: str | bytes | None = None  # the configured or installed HMAC key
+        self._auth_key_generated = False  # a random key: install_auth_key may replace it
+        self.auth = self._make_auth(cfg, auth, leeway_given="auth_leeway_s" in options)
+        self.config = replace(cfg, auth_leeway_s=self.auth.leeway_s)  # one value, the engine's
         self.broker: Broker = LocalBroker()
         self.set_broker(broker if broker is not None else self.broker)
-        self.auth = auth if auth is not None else self._make_auth(cfg)
         self.middleware = MiddlewareRegistry()
         self._handlers: dict[str, tuple[Handler, bool]] = {}
         self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in LISTENER_EVENTS}
@@ -108,8 +111,18 @@ class Server:
         #: Answers plain HTTP requests on the port (see ``server.http.static_files``).
         self.http_handler: HttpHandler | None = None
 
-    @staticmethod
-    def _make_auth(cfg: ServerConfig) -> AuthEngine:
+    def _make_auth(
+        self, cfg: ServerConfig, auth: AuthEngine | None, *, leeway_given: bool
+    ) -> AuthEngine:
+        """The engine: ``auth`` itself, or one built from the ``auth_*`` options (a random
+        HS256 key when none is given, which ``install_auth_key`` may replace)."""
+        if auth is not None:
+            if (leeway_given or cfg.auth_leeway_s != 0) and cfg.auth_leeway_s != auth.leeway_s:
+                raise InvalidOptionsError(
+                    f"auth_leeway_s={cfg.auth_leeway_s} disagrees with the leeway_s="
+                    f"{auth.leeway_s} of the given auth engine: set it on the AuthEngine only"
+                )
+            return auth
         if cfg.auth_public_key is not None:
             keyring = Keyring.asymmetric(cfg.auth_private_key, cfg.auth_public_key)
             if cfg.auth_algorithm is None:  # the algorithm that fits the key
@@ -124,19 +137,17 @@ class Server:
                     except InvalidOptionsError:
                         continue
                 raise InvalidOptionsError("no supported algorithm fits auth_public_key")
-            algorithm = cfg.auth_algorithm
+            return self._engine(cfg, keyring, cfg.auth_algorithm)
+        key = cfg.auth_key
+        if key is None:
+            key = secrets.token_hex(32)
+            self._auth_key_generated = True
         else:
-            key = cfg.auth_key
-            if key is None:
-                key = os.environ.get("TRIO_SOCKETCLUSTER_AUTH_KEY") or None
-            if key is None:
-                key = secrets.token_hex(32)
-                log.warning(
-                    "No auth_key given: using a random key for this process. Tokens will not "
-                    "survive a restart, and several processes need a shared key."
-                )
-            keyring = Keyring.symmetric(key)
-            algorithm = cfg.auth_algorithm or "HS256"
+            self._hs256_key = key
+        return self._engine(cfg, Keyring.symmetric(key), cfg.auth_algorithm or "HS256")
+
+    @staticmethod
+    def _engine(cfg: ServerConfig, keyring: Keyring, algorithm: str) -> AuthEngine:
         return AuthEngine(
             keyring,
             algorithm=algorithm,
@@ -145,28 +156,49 @@ class Server:
             leeway_s=cfg.auth_leeway_s,
         )
 
+    def install_auth_key(self, key: str | bytes) -> bool:
+        """Sign and verify tokens with the HMAC ``key`` handed over from outside the
+        application (the command line's ``--auth-key-file`` or ``$TRIO_SOCKETCLUSTER_AUTH_KEY``).
+
+        Keys the application configured itself win: when it gave ``auth_key``, asymmetric keys
+        or ``auth=``, nothing changes and this returns ``False``; otherwise the random
+        per-process key is replaced and this returns ``True``. Call it before serving (tokens
+        signed with the replaced key no longer verify). The length of ``key`` is the caller's
+        business (the command line refuses fewer than 32 bytes).
+        """
+        if not self._auth_key_generated:
+            return False
+        self.auth = self._engine(
+            self.config, Keyring.symmetric(key), self.config.auth_algorithm or "HS256"
+        )
+        self._hs256_key = key
+        self._auth_key_generated = False
+        return True
+
+    def _warn_if_random_key(self) -> None:
+        if self._auth_key_generated:
+            log.warning(
+                "No auth_key given: using a random key for this process. Tokens will not "
+                "survive a restart, and several processes need a shared key."
+            )
+
     def set_broker(self, broker: Broker | str) -> None:
         """Use ``broker``: a ``Broker``, or a Redis URL (``redis://host:port/db``,
         ``rediss://``, ``unix://``) for a ``RedisBroker`` (needs ``trio-socketcluster[redis]``).
 
         The bus of a Redis broker is signed with a key derived from
-        ``$TRIO_SOCKETCLUSTER_CLUSTER_KEY``, else from the HS256 ``auth_key`` (or
-        ``$TRIO_SOCKETCLUSTER_AUTH_KEY``); every process of the cluster needs the same one.
-        Call this before serving (the command line does, for ``--broker``).
+        ``$TRIO_SOCKETCLUSTER_CLUSTER_KEY``, else from the HS256 auth key (``auth_key``, or
+        the one given to ``install_auth_key`` before this call); every process of the cluster
+        needs the same one. Call this before serving (the command line does, for ``--broker``).
         """
         if isinstance(broker, str):
             try:
-                from ..brokers.redis import CLUSTER_KEY_ENV, RedisBroker
+                from ..brokers.redis import RedisBroker
             except ImportError as exc:
                 raise InvalidOptionsError(
                     f"a Redis broker needs coredis: pip install 'trio-socketcluster[redis]' ({exc})"
                 ) from None
-            key = (
-                os.environ.get(CLUSTER_KEY_ENV)
-                or self.config.auth_key
-                or os.environ.get("TRIO_SOCKETCLUSTER_AUTH_KEY")
-                or None
-            )
+            key = resolve_cluster_key(os.environ, self._hs256_key)
             broker = RedisBroker.from_url(broker, cluster_key=key)
         self.broker = broker
         register = getattr(broker, "set_command_handler", None)
@@ -461,6 +493,7 @@ class Server:
     ) -> None:
         """Like ``serve`` with listeners you opened (SO_REUSEPORT, unix sockets...)."""
         self.now()  # fix the wall-clock offset while trio runs
+        self._warn_if_random_key()
         async with trio.open_nursery() as nursery:
             await self.start_broker(nursery)
             await nursery.start(trio.serve_listeners, self.handle_stream, listeners)
