@@ -24,6 +24,7 @@ import trio_websocket
 from trio_socketcluster import BadConnectionError, Reply, Server, ServerSocket
 from trio_socketcluster import TimeoutError as SCTimeoutError
 from trio_socketcluster.client import (
+    Channel,
     ChannelState,
     Client,
     ClientState,
@@ -32,12 +33,14 @@ from trio_socketcluster.client import (
     MemoryTokenStore,
     ReconnectPolicy,
     TokenStore,
+    connect,
     connect_stream,
     reconnect_delay_s,
 )
-from trio_socketcluster.client.client import collapse_exception_group
+from trio_socketcluster.client.client import PROBE_WAIT_S, collapse_exception_group
 from trio_socketcluster.errors import (
     InvalidActionError,
+    InvalidArgumentsError,
     RemoteError,
     SocketClusterError,
 )
@@ -170,6 +173,63 @@ async def test_inbox_drops_the_oldest_when_full() -> None:
     assert inbox.dropped == 3
 
 
+async def test_inbox_loops_each_get_every_message() -> None:
+    """Two loops on one inbox each get every message; a loop after a ``break`` resumes where
+    the first left off; ``get()`` takes the next message no one has received."""
+    inbox: Inbox[int] = Inbox(10)
+    inbox.put(0)  # before any loop: kept for the first one
+    first = aiter(inbox)
+    second = aiter(inbox)
+    for i in (1, 2):
+        inbox.put(i)
+    assert [await anext(first) for _ in range(3)] == [0, 1, 2]
+    assert [await anext(second) for _ in range(3)] == [0, 1, 2]
+    assert len(inbox._items) == 0  # both passed them: freed
+    inbox.put(3)
+    assert await anext(first) == 3
+    del first, second  # abandoned loops (a ``break``) hold nothing
+    inbox.put(4)
+    assert len(inbox) == 1
+    async for item in inbox:
+        assert item == 4
+        break
+    inbox.put(5)
+    assert await inbox.get() == 5
+    inbox.close()
+    assert [i async for i in inbox] == []
+    with pytest.raises(BadConnectionError):
+        await inbox.get()
+
+
+async def test_inbox_slow_loop_skips_what_the_bound_dropped() -> None:
+    inbox: Inbox[int] = Inbox(2)
+    slow = aiter(inbox)
+    fast = aiter(inbox)
+    for i in range(5):
+        inbox.put(i)
+        assert await anext(fast) == i
+    assert inbox.dropped == 0  # every message reached a loop
+    assert await anext(slow) == 3
+    assert slow.dropped == 3
+
+
+async def test_inbox_get_timeout_and_cancellation_take_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    inbox: Inbox[str] = Inbox(10)
+    start = trio.current_time()
+    with pytest.raises(SCTimeoutError):
+        await inbox.get(timeout_s=3)
+    assert trio.current_time() - start == pytest.approx(3)
+    with trio.move_on_after(1):
+        await inbox.get()
+    inbox.put("kept")
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await inbox.get()  # cancelled at its first checkpoint: takes nothing
+    assert await inbox.get(timeout_s=1) == "kept"
+
+
 async def test_token_stores(tmp_path: Path) -> None:
     memory = MemoryTokenStore()
     path = tmp_path / "token"
@@ -188,6 +248,19 @@ async def test_token_stores(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert await FileTokenStore(str(path)).load() == "x.y.z"
     assert os.listdir(tmp_path) == ["token"]  # no temporary file left
+
+
+async def test_file_token_store_expands_the_home_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    store = FileTokenStore("~/.config/myapp/token")
+    assert Path(store.path) == tmp_path / ".config" / "myapp" / "token"
+    await store.save("a.b.c")
+    assert (tmp_path / ".config" / "myapp" / "token").read_text() == "a.b.c"
+    assert stat.S_IMODE(os.stat(tmp_path / ".config" / "myapp").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    assert not (tmp_path / "~").exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,19 +290,58 @@ async def test_handshake_carries_the_stored_token_and_cids_continue(
             await client.wait_for(lambda c: c.connection_count == 2)
 
 
-async def test_pings_are_answered_and_auto_locks_on_the_first(
+async def test_auto_answers_a_lone_p1_ping_after_the_probe_wait(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    """A protocol-1-only server (socketcluster-server 14) pings ``#1`` alone: after
+    ``PROBE_WAIT_S`` without a ``''`` ping the client answers ``#2`` and stays on 1."""
     with trio.fail_after(10):
         async with scripted_client() as (client, scripted):
             peer = await scripted.peer(0)
             assert client.protocol is None
+            start = trio.current_time()
             await peer.send("#1")
             assert await peer.recv() == "#2"
+            assert trio.current_time() - start == pytest.approx(PROBE_WAIT_S)
             assert client.protocol == 1
             await peer.send("")  # the other protocol's ping: a raw message now
+            start = trio.current_time()
             await peer.send("#1")
-            assert await peer.recv() == "#2"
+            assert await peer.recv() == "#2"  # at once, now that the protocol is known
+            assert trio.current_time() == start
+
+
+@pytest.mark.parametrize("pings", [["#1", ""], [""], ["", "#1"]])
+async def test_auto_prefers_protocol_2_when_the_server_speaks_both(
+    autojump_clock: trio.testing.MockClock, pings: list[str]
+) -> None:
+    """Our server probes with ``#1`` then ``''``: the client answers ``''`` only (so the
+    server locks protocol 2 on that pong) and never ``#2``."""
+    with trio.fail_after(10):
+        async with scripted_client() as (client, scripted):
+            peer = await scripted.peer(0)
+            for ping in pings:
+                await peer.send(ping)
+            assert await peer.recv() == ""
+            await client.wait_for(lambda c: c.protocol is not None)
+            assert client.protocol == 2
+            await trio.sleep(2 * PROBE_WAIT_S)  # no late "#2" for the first "#1"
+            await peer.send("#1")  # raw for protocol 2
+            await client.transmit("sync")
+            assert await peer.recv() == {"event": "sync"}
+
+
+async def test_auto_settles_on_protocol_2_against_our_server(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = build_app()
+    with trio.fail_after(10):
+        async with open_test_client(server) as client:
+            await client.wait_for(lambda c: c.protocol is not None)
+            assert client.protocol == 2
+            await trio.sleep(2 * PROBE_WAIT_S)
+            socket = server.sockets[client.id or ""]
+            assert socket.protocol == 2
 
 
 async def test_protocol_2_only_answers_empty_pings(
@@ -447,6 +559,30 @@ async def test_exceptions_from_the_block_are_not_wrapped(
             raise KeyError("mine")
 
 
+async def test_publish_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(100):
+        async with scripted_client(ok_reply(ping_timeout_ms=100_000), ack_timeout_s=30) as (
+            client,
+            scripted,
+        ):
+            peer = await scripted.peer(0)
+            start = trio.current_time()
+            with pytest.raises(SCTimeoutError):
+                await client.publish("news", 1, timeout_s=2)
+            assert trio.current_time() - start == pytest.approx(2)
+            assert (await peer.recv())["event"] == "#publish"
+            channel = await client.subscribe("news", wait=False)
+            request = await peer.recv()
+            await peer.send({"rid": request["cid"]})
+            await channel.wait_subscribed()
+            with pytest.raises(SCTimeoutError):
+                await channel.publish(2, timeout_s=1)
+            assert trio.current_time() - start == pytest.approx(3)
+            with pytest.raises(SCTimeoutError):
+                await client.publish("news", 3)  # the default: ack_timeout_s
+            assert trio.current_time() - start == pytest.approx(33)
+
+
 async def test_set_and_remove_auth_token_with_cid(autojump_clock: trio.testing.MockClock) -> None:
     store = MemoryTokenStore()
     with trio.fail_after(10):
@@ -579,7 +715,7 @@ async def test_unsubscribe_and_resubscribe_after_reconnect(
             assert server.sockets[client.id or ""].channels == ["a"]
             server.publish("a", 1)
             server.publish("b", 2)
-            assert await a.__anext__() == 1
+            assert await a.get() == 1
             await client.disconnect()
             assert [m async for m in a] == []
             assert a.state is ChannelState.UNSUBSCRIBED
@@ -608,3 +744,172 @@ def test_public_api_is_exported() -> None:
         assert list(module.__all__) == sorted(module.__all__)
         for name in module.__all__:
             assert getattr(module, name) is not None
+
+
+async def test_several_loops_on_one_channel_each_get_every_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two tasks iterating the same channel (even via two ``subscribe`` calls) each get every
+    publish, in order; messages published before a loop starts wait for it."""
+    server = build_app()
+    with trio.fail_after(10):
+        async with open_test_client(server) as client:
+            news = await client.subscribe("news")
+            also = await client.subscribe("news")
+            assert also is news
+            server.publish("news", 0)  # before any loop
+            await client.invoke("whoami")  # a round trip: it has arrived
+            got: dict[str, list[int]] = {"a": [], "b": []}
+
+            async def loop(name: str, channel: Channel) -> None:
+                async for data in channel:
+                    got[name].append(data)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(loop, "a", news)
+                nursery.start_soon(loop, "b", also)
+                await trio.sleep(1)
+                for i in (1, 2, 3):
+                    server.publish("news", i)
+                await client.invoke("whoami")
+                await trio.sleep(1)
+                await news.unsubscribe()  # ends both loops
+            # both loops started before anyone had received 0: both get it, and the rest
+            assert got == {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+            assert [m async for m in news] == []  # ended
+
+
+async def test_waiting_for_the_next_message_with_a_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = build_app()
+    with trio.fail_after(100):
+        async with open_test_client(server) as client:
+            news = await client.subscribe("news")
+            start = trio.current_time()
+            with pytest.raises(SCTimeoutError):
+                await news.get(timeout_s=5)
+            assert trio.current_time() - start == pytest.approx(5)
+            with trio.move_on_after(5) as scope:
+                await news.get()
+            assert scope.cancelled_caught
+            server.publish("news", "late")  # nothing was taken by the two that gave up
+            assert await news.get(timeout_s=5) == "late"
+
+
+async def test_authenticated_when_invoke_login_returns_on_our_server(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Our server sends ``#setAuthToken`` before the response of the handler that called
+    ``set_auth_token``, and the client reads in order: no waiting needed."""
+    with trio.fail_after(10):
+        async with open_test_client(build_app()) as client:
+            await client.invoke("login", "alice")
+            assert client.authenticated
+            assert client.auth_token is not None and client.auth_token["username"] == "alice"
+
+
+# --------------------------------------------------------------------------------------------
+# One exception from every entry point: never a group
+
+
+class FailingStore:
+    """A token store whose ``load`` or ``save`` raises (as a full disk or a bad path would)."""
+
+    def __init__(self, fail_on: str) -> None:
+        self.fail_on = fail_on
+
+    async def load(self) -> str | None:
+        await trio.lowlevel.checkpoint()
+        if self.fail_on == "load":
+            raise PermissionError("load failed")
+        return None
+
+    async def save(self, token: str) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.fail_on == "save":
+            raise PermissionError("save failed")
+
+    async def remove(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def tcp_server(server: Server) -> AsyncIterator[str]:
+    """``server`` on a real socket of 127.0.0.1; its URL."""
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(server.serve, "127.0.0.1", 0)
+        port = listeners[0].socket.getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/socketcluster/"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_token_store_is_one_exception() -> None:
+    """This provoked a three-level ExceptionGroup (the store's error deep in the reader task's
+    nurseries, next to the block's ``BadConnectionError``); now ``connect`` raises the store's
+    exception itself, whether the block was waiting or not."""
+    with trio.fail_after(10):
+        async with tcp_server(build_app()) as url:
+            with pytest.raises(PermissionError, match="save failed") as saved:
+                async with connect(url, token_store=FailingStore("save")) as client:
+                    await client.invoke("login", "alice")  # #setAuthToken: save raises
+                    pytest.fail("the block went on")
+            assert type(saved.value) is PermissionError
+
+            with pytest.raises(PermissionError, match="load failed") as loaded:
+                async with connect(url, token_store=FailingStore("load")):
+                    pytest.fail("connected")
+            assert type(loaded.value) is PermissionError
+
+
+async def test_a_refused_connection_is_one_exception() -> None:
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        with trio.fail_after(10), pytest.raises(BadConnectionError) as refused:
+            async with connect(f"ws://127.0.0.1:{port}/socketcluster/"):
+                pytest.fail("connected")
+    assert type(refused.value) is BadConnectionError
+    assert refused.value.fields["code"] == 1006
+    with pytest.raises(InvalidArgumentsError):
+        async with connect("ws://[::1/"):
+            pytest.fail("connected")
+
+
+async def test_handlers_raising_never_make_a_group() -> None:
+    """A handler's error is answered (the client lives on); a handler's ``SystemExit`` ends
+    the client and comes out of ``connect`` alone."""
+    with trio.fail_after(10):
+        async with tcp_server(build_app()) as url:
+            with pytest.raises(SystemExit) as exited:
+                async with connect(url) as client:
+
+                    @client.handler("question")
+                    def crash(data: Any) -> Any:
+                        if data == "exit":
+                            raise SystemExit(3)
+                        raise RuntimeError("handler bug")
+
+                    with pytest.raises(SocketClusterError) as answered:
+                        await client.invoke("ask", "bug")
+                    assert answered.value.name == "UnknownError"
+                    assert client.state is ClientState.OPEN
+                    await client.invoke("ask", "exit")
+                    pytest.fail("the block went on")
+            assert type(exited.value) is SystemExit and exited.value.code == 3
+
+
+async def test_block_exceptions_come_out_unchanged_even_groups() -> None:
+    with trio.fail_after(10):
+        async with tcp_server(build_app()) as url:
+            mine = ExceptionGroup("mine", [KeyError("a"), ValueError("b")])
+            with pytest.raises(ExceptionGroup) as raised:
+                async with connect(url):
+                    raise mine
+            # (trio's cancel scope rebuilds a group it passes through; same message, same leaves)
+            assert raised.value.message == "mine"
+            assert raised.value.exceptions == mine.exceptions
+            with pytest.raises(KeyError) as single:
+                async with connect(url):
+                    raise KeyError("mine")
+            assert type(single.value) is KeyError

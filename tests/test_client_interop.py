@@ -32,6 +32,7 @@ NODE_APPS = {
     "node19": (REPO / "benchmarks" / "node" / "conformance19.js", 2),
 }
 READY_TIMEOUT_S = 20.0
+PING_INTERVAL_MS = 1000  # the reference servers' (8000 by default)
 GUARD_S = 15.0  # per test
 
 
@@ -73,7 +74,12 @@ class NodeServers:
         node = npm_ci(INTEROP, "the interop tests")
         if name not in self.procs:
             script, _ = NODE_APPS[name]
-            env = {"PORT": "0", "HOST": "127.0.0.1", "AUTH_KEY": secrets.token_hex(16)}
+            env = {
+                "PORT": "0",
+                "HOST": "127.0.0.1",
+                "AUTH_KEY": secrets.token_hex(16),
+                "PING_INTERVAL_MS": str(PING_INTERVAL_MS),  # auto detection needs a ping
+            }
             self.procs[name] = Process([node, str(script)], cwd=REPO, env=env)
             self.procs[name].wait_ready(READY_TIMEOUT_S, name)
         process = self.procs[name]
@@ -131,7 +137,38 @@ async def test_connect_echo_and_errors(target: Target) -> None:
             assert refused.value.message == "Login failed"  # a plain string on the wire
             if target.server is not None:  # ours probes with both pings after the handshake
                 await client.wait_for(lambda c: c.protocol is not None)
-                assert client.protocol == 1
+                assert client.protocol == 2
+
+
+async def test_auto_protocol_prefers_2_and_falls_back_to_1(target: Target) -> None:
+    """``protocol="auto"``: 2 against ours (which speaks both) and socketcluster-server 19,
+    1 against the protocol-1-only socketcluster-server 14; pings are answered either way."""
+    expected = {"python": 2, "node14": 1, "node19": 2}[target.name]
+    with trio.fail_after(GUARD_S):
+        async with target.client(protocol="auto") as client:
+            await client.wait_for(lambda c: c.protocol is not None)
+            assert client.protocol == expected
+            if target.server is not None:
+                await trio.sleep(0.2)
+                assert target.server.sockets[client.id or ""].protocol == 2
+            # Past a few ping intervals the connection is still the first one: pongs arrive.
+            await trio.sleep(3 * PING_INTERVAL_MS / 1000)
+            assert client.state is ClientState.OPEN and client.connection_count == 1
+            assert await client.invoke("echo", 1) == 1
+
+
+async def test_authenticated_after_invoke_login(target: Target) -> None:
+    """Ours and socketcluster-server 14 send ``#setAuthToken`` before the login response, so
+    ``authenticated`` is true when ``invoke("login")`` returns; socketcluster-server 19 queues
+    the ``#setAuthToken`` transmit on its outbound stream after the response is written, so
+    there it may still be false, and ``wait_for`` is the portable way."""
+    with trio.fail_after(GUARD_S):
+        async with target.client() as client:
+            await client.invoke("login", ALICE)
+            assert client.authenticated is (target.name != "node19")
+            with trio.fail_after(5):
+                await client.wait_for(lambda c: c.authenticated)
+            assert client.auth_token is not None and client.auth_token["username"] == "alice"
 
 
 async def test_login_whoami_and_reconnect_with_the_stored_token(target: Target) -> None:
@@ -171,10 +208,10 @@ async def test_subscribe_publish_receive(target: Target) -> None:
             assert news.state is ChannelState.SUBSCRIBED
             await client.invoke("login", ALICE)
             await client.wait_for(lambda c: c.authenticated)
-            await client.publish("news", {"n": 1})
-            assert await news.__anext__() == {"n": 1}
+            await client.publish("news", {"n": 1}, timeout_s=5)
+            assert await news.get(timeout_s=5) == {"n": 1}
             await client.invoke("serverPublish", {"channel": "news", "data": "from server"})
-            assert await news.__anext__() == "from server"
+            assert await news.get(timeout_s=5) == "from server"
 
             events = client.receiver("ping-back")
             await client.invoke("emitBack", {"event": "ping-back", "data": [1, 2]})

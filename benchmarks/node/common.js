@@ -32,7 +32,7 @@ const SERVER_OPTIONS = {
   authAlgorithm: 'HS256',
   authVerifyAlgorithms: ['HS256'],
   authDefaultExpiry: 86400,
-  pingInterval: 8000,
+  pingInterval: Number(process.env.PING_INTERVAL_MS || 8000),
   middlewareEmitWarnings: false
 };
 

@@ -2,8 +2,8 @@
 
 ::
 
-    async with connect("ws://localhost:8000/socketcluster/") as client:
-        await client.invoke("login", {"username": "alice", "password": "..."})
+    async with connect("ws://127.0.0.1:8000/socketcluster/") as client:
+        await client.invoke("login", {"username": "ada", "password": "demo"})
         channel = await client.subscribe("news")
         async for data in channel:
             ...
@@ -22,6 +22,7 @@ from .client import StreamFactory as StreamFactory
 from .client import connect as connect
 from .client import connect_stream as connect_stream
 from .inbox import Inbox as Inbox
+from .inbox import Reader as Reader
 from .tokens import FileTokenStore as FileTokenStore
 from .tokens import MemoryTokenStore as MemoryTokenStore
 from .tokens import TokenStore as TokenStore
@@ -37,6 +38,7 @@ __all__ = [
     "Inbox",
     "KickedOut",
     "MemoryTokenStore",
+    "Reader",
     "ReconnectPolicy",
     "StreamFactory",
     "TokenStore",

@@ -14,25 +14,43 @@ out, refused by the server, or the client closes for good. Its states (``Channel
 Iterating (``async for data in channel``) yields the data of each publish, in order, and ends
 once the channel is unsubscribed and the messages that arrived before are consumed. A kick-out
 therefore ends the iteration; look at ``channel.kicked_out`` to tell it from ``unsubscribe()``.
-Messages wait in a bounded buffer (``capacity``); when it is full the oldest is dropped and
-counted in ``dropped``, so a slow consumer never stops the connection from answering pings.
+
+Several loops on one channel (two tasks, or two parts of a program that both called
+``subscribe("news")`` and got the same ``Channel``) each get **every** message from the moment
+they started; they never take messages from each other. Messages that arrive while no loop
+runs wait for the next loop (or ``get()``). ``await channel.get(timeout_s=5)`` waits for the
+next message no one has received, or raises ``TimeoutError``. The buffer is bounded
+(``capacity``): when it is full the oldest message is dropped and counted in ``dropped``, so a
+slow consumer never stops the connection from answering pings (details in ``inbox``).
+
+This module does not import ``client``: a ``Channel`` talks to its client through the small
+``ChannelOwner`` protocol.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
 from ..errors import BadConnectionError, SocketClusterError
-from .inbox import Inbox
+from .inbox import Inbox, Reader
 
-if TYPE_CHECKING:
-    from .client import Client
+__all__ = ["Channel", "ChannelOwner", "ChannelState", "KickedOut"]
 
-__all__ = ["Channel", "ChannelState", "KickedOut"]
+
+class ChannelOwner(Protocol):
+    """What a ``Channel`` needs from its client (``Client`` implements it)."""
+
+    async def publish(
+        self, channel: str, data: Any = None, *, timeout_s: float | None = None
+    ) -> None: ...
+
+    async def transmit_publish(self, channel: str, data: Any = None) -> None: ...
+
+    async def _unsubscribe(self, channel: Channel) -> None: ...
 
 
 class ChannelState(enum.Enum):
@@ -53,7 +71,7 @@ class Channel:
     """See the module docstring."""
 
     def __init__(
-        self, client: Client, name: str, *, wait_for_auth: bool, data: Any, capacity: int
+        self, client: ChannelOwner, name: str, *, wait_for_auth: bool, data: Any, capacity: int
     ) -> None:
         self.client = client
         self.name = name
@@ -64,13 +82,13 @@ class Channel:
         """The last subscribe failure (it is kept pending if it was a ``wait_for_auth``
         channel and the client was unauthenticated then)."""
         self.kicked_out: KickedOut | None = None
-        self._inbox: Inbox[Any] = Inbox(capacity)
+        self._inbox: Inbox[Any] = Inbox(capacity, name=f"channel {name!r}")
         self._changed = trio.lowlevel.ParkingLot()
         self._requesting: object | None = None  # the connection a #subscribe is in flight on
 
     @property
     def dropped(self) -> int:
-        """Messages dropped because the buffer was full."""
+        """Messages dropped because the buffer was full before any loop received them."""
         return self._inbox.dropped
 
     @property
@@ -103,18 +121,29 @@ class Channel:
         """Stop the subscription (sends ``#unsubscribe`` if connected). Idempotent."""
         await self.client._unsubscribe(self)
 
-    async def publish(self, data: Any) -> None:
-        """``client.publish(channel.name, data)``."""
-        await self.client.publish(self.name, data)
+    async def publish(self, data: Any, *, timeout_s: float | None = None) -> None:
+        """``client.publish(channel.name, data, timeout_s=timeout_s)``."""
+        await self.client.publish(self.name, data, timeout_s=timeout_s)
 
     async def transmit_publish(self, data: Any) -> None:
         """``client.transmit_publish(channel.name, data)``."""
         await self.client.transmit_publish(self.name, data)
 
-    def __aiter__(self) -> Channel:
-        return self
+    def __aiter__(self) -> Reader[Any]:
+        """A new loop: every message from now on (and those no one has received yet)."""
+        return self._inbox.__aiter__()
+
+    async def get(self, *, timeout_s: float | None = None) -> Any:
+        """The next message no loop or ``get()`` has received yet, waiting if needed.
+
+        Raises ``TimeoutError`` after ``timeout_s`` seconds (``None``: no limit), and
+        ``BadConnectionError`` once the channel is unsubscribed and drained. Cancellation
+        takes no message.
+        """
+        return await self._inbox.get(timeout_s=timeout_s)
 
     async def __anext__(self) -> Any:
+        """``get()``, ending with ``StopAsyncIteration`` instead of ``BadConnectionError``."""
         return await self._inbox.__anext__()
 
     # ------------------------------------------------------------------ client side

@@ -20,8 +20,17 @@ lets the writer drain what was queued, then sends the close frame.
 Errors reach the application as ``SocketClusterError`` subclasses only: the server's errors
 hydrated (``hydrate_error``; a plain-string error becomes ``RemoteError`` whose ``message`` is
 the string and whose ``name`` is ``"Error"``), ``TimeoutError`` for a missing acknowledgement,
-``BadConnectionError`` when the connection (or the client) closed first. trio-websocket's
-exceptions never escape, nor do exception groups of a single error.
+``BadConnectionError`` when the connection (or the client) closed first. trio's and
+trio-websocket's exceptions are mapped once, where they arise (``_CONNECT_ERRORS``,
+``_CLOSED_ERRORS``), and never escape. Exception groups never escape either: the client's
+own tasks never raise into the caller's nursery; a failure among them (a token store that
+raises, a bug) is recorded, cancels the ``async with`` block, and ``connect`` raises that one
+exception, unchanged (see ``_one_exception``).
+
+Protocol detection (``protocol="auto"``): a ``''`` ping means protocol 2 at once; a ``#1``
+ping is answered ``#2`` only if no ``''`` ping follows within ``PROBE_WAIT_S`` (our server,
+and any server following the same recommendation, probes with ``#1`` then ``''``: the client
+picks 2; a protocol-1-only server such as socketcluster-server 14 sends ``#1`` alone).
 """
 
 from __future__ import annotations
@@ -53,8 +62,9 @@ from ..errors import (
     UnknownError,
     hydrate_error,
 )
-from ..protocol import MISSING, EventPacket, Ping, Pong, ResponsePacket, decode
-from ..protocol.codec import encode, event_bytes, response_bytes
+from ..protocol.codec import PING_P2, decode, encode, event_bytes, response_bytes
+from ..protocol.packets import MISSING, EventPacket, Ping, Pong, ResponsePacket
+from ..protocol.rules import sendable_code, truncate_reason
 from .backoff import ReconnectPolicy, reconnect_delay_s
 from .channel import Channel, ChannelState, KickedOut
 from .inbox import Inbox
@@ -79,6 +89,28 @@ HandlerFn = Callable[[Any], Any]
 F = TypeVar("F", bound=HandlerFn)
 
 DEFAULT_PATH = "/socketcluster/"
+
+#: With ``protocol="auto"``, how long a ``#1`` ping waits for a ``''`` ping that would mean the
+#: server speaks protocol 2 too, before it is answered with ``#2`` (protocol 1); at most a
+#: quarter of the server's ``pingTimeout``.
+PROBE_WAIT_S = 1.0
+
+_PONG_P1 = b"#2"  # the answer to a protocol-1 ping; protocol 2 answers "" with ""
+
+#: Opening the stream or upgrading it failed: the attempt ends as a lost connection (1006).
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio_websocket.HandshakeError,
+    trio_websocket.ConnectionClosed,
+)
+#: Writing to a WebSocket that is closing or gone: the connection is over.
+_CLOSED_ERRORS: tuple[type[BaseException], ...] = (
+    trio_websocket.ConnectionClosed,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
 
 
 class ClientState(enum.Enum):
@@ -114,13 +146,6 @@ class AuthStatus:
 def _as_error(value: Any) -> SocketClusterError:
     hydrated = hydrate_error(value)
     return hydrated if isinstance(hydrated, SocketClusterError) else RemoteError(hydrated)
-
-
-def _wire_close_code(code: int) -> int:
-    """A code we may put in a close frame (1005, 1006, 1015 and others may not be sent)."""
-    if 1000 <= code <= 1003 or 1007 <= code <= 1011 or 3000 <= code <= 4999:
-        return code
-    return 1000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,11 +232,14 @@ class _Connection:
         self.close_info: CloseInfo | None = None
         self.disconnect_packet: tuple[int, str] | None = None
         self.writer_done = trio.Event()
+        self.probe_scope: trio.CancelScope | None = None  # a #1 ping waiting for a '' one
 
     # ------------------------------------------------------------------ sending
 
     def send_urgent(self, payload: bytes) -> None:
-        self.outbox.put_urgent(payload.decode("utf-8"))
+        """Queue ``payload`` ahead of application data; dropped if the connection is ending."""
+        if not self.outbox.closed:
+            self.outbox.put_urgent(payload.decode("utf-8"))
 
     async def send(self, payload: bytes) -> None:
         await self.outbox.put(payload.decode("utf-8"))
@@ -253,7 +281,7 @@ class _Connection:
             while (text := await self.outbox.get()) is not None:
                 try:
                     await self.ws.send_message(text)
-                except trio_websocket.ConnectionClosed:
+                except _CLOSED_ERRORS:
                     self.outbox.close()
                     return
         finally:
@@ -292,9 +320,10 @@ class _Connection:
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + client.close_timeout_s
                     await self.writer_done.wait()
-                    code = _wire_close_code(info.code) if info.by_client else 1000
-                    reason = info.reason.encode("utf-8")[:120].decode("utf-8", "ignore")
-                    await self.ws.aclose(code, (reason or None) if info.by_client else None)
+                    code = sendable_code(info.code) if info.by_client else 1000
+                    reason = truncate_reason(info.reason)
+                    with suppress(*_CLOSED_ERRORS):
+                        await self.ws.aclose(code, (reason or None) if info.by_client else None)
         return info if info is not None else CloseInfo(code=1006, reason="", by_client=False)
 
     async def _handshake(self) -> None:
@@ -364,13 +393,37 @@ class _Connection:
                         pass
 
     def _on_ping(self, protocol: int) -> None:
-        if self.protocol is None:
-            self.protocol = protocol  # auto: the first ping decides
-        elif self.protocol != protocol:
+        if self.protocol is None:  # auto, undecided
+            if self.ping_timeout_s is not None:
+                self.ping_deadline = trio.current_time() + self.ping_timeout_s
+            if protocol == 1:
+                if self.probe_scope is None and self.nursery is not None:
+                    self.probe_scope = trio.CancelScope()
+                    self.nursery.start_soon(self._answer_p1_later, self.probe_scope)
+                return
+            if self.probe_scope is not None:  # '' after #1: the server speaks both
+                self.probe_scope.cancel()
+            self.protocol = 2
+            self.send_urgent(PING_P2)
+            self.client._notify()
+            return
+        if self.protocol != protocol:
             return  # the other protocol's ping is a raw message, as for the JS clients
         if self.ping_timeout_s is not None:
             self.ping_deadline = trio.current_time() + self.ping_timeout_s
-        self.send_urgent(b"#2" if protocol == 1 else b"")
+        self.send_urgent(_PONG_P1 if protocol == 1 else PING_P2)
+
+    async def _answer_p1_later(self, scope: trio.CancelScope) -> None:
+        """Auto: a ``#1`` ping with no ``''`` ping within ``PROBE_WAIT_S``: protocol 1."""
+        with scope:
+            wait_s = PROBE_WAIT_S
+            if self.ping_timeout_s is not None:
+                wait_s = min(wait_s, self.ping_timeout_s / 4)
+            await trio.sleep(wait_s)
+            if self.protocol is None:
+                self.protocol = 1
+                self.send_urgent(_PONG_P1)
+                self.client._notify()
 
     def _on_response(self, packet: ResponsePacket) -> None:
         pending = self.pending.pop(packet.rid, None)
@@ -535,6 +588,7 @@ class Client:
         self._wait_scope: trio.CancelScope | None = None
         self._connect_scope: trio.CancelScope | None = None
         self._first_failure: BadConnectionError | None = None
+        self._crash: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"<Client {self.host}{self.resource} {self.state.value} id={self.id}>"
@@ -733,12 +787,17 @@ class Client:
         else:
             await trio.lowlevel.checkpoint()
 
-    async def publish(self, channel: str, data: Any = None) -> None:
+    async def publish(
+        self, channel: str, data: Any = None, *, timeout_s: float | None = None
+    ) -> None:
         """Publish ``data`` on ``channel`` and wait for the server's acknowledgement.
 
-        Raises what ``invoke`` raises (a middleware's refusal, ``TimeoutError``...).
+        As ``invoke``: waits for the connection if it is (re)connecting, and ``timeout_s``
+        (default ``ack_timeout_s``) covers the wait and the acknowledgement. Raises what
+        ``invoke`` raises (a middleware's refusal, ``TimeoutError``, ``BadConnectionError``).
+        A publish that timed out may still have been delivered. Cancellation forgets it.
         """
-        await self._invoke("#publish", {"channel": channel, "data": data}, None)
+        await self._invoke("#publish", {"channel": channel, "data": data}, timeout_s)
 
     async def transmit_publish(self, channel: str, data: Any = None) -> None:
         """Publish without acknowledgement (failures are not reported), as ``transmit``."""
@@ -893,12 +952,7 @@ class Client:
                             extra_headers=self.extra_headers,
                             max_message_size=self.max_message_bytes,
                         )
-                    except (
-                        OSError,
-                        trio.BrokenResourceError,
-                        trio_websocket.HandshakeError,
-                        trio_websocket.ConnectionClosed,
-                    ) as exc:
+                    except _CONNECT_ERRORS as exc:
                         info = CloseInfo(
                             code=1006, reason=f"Socket hung up: {exc!r}", by_client=False
                         )
@@ -978,6 +1032,29 @@ class Client:
 
     _retry_first = False
 
+    async def _run_guarded(self, block: trio.CancelScope) -> None:
+        """``_run``, raising nothing into the caller's nursery but cancellation.
+
+        A failure of the client's tasks (the token store raised, a bug) ends the client: it
+        is kept in ``_crash`` and the ``async with`` block (``block``) is cancelled, so that
+        ``connect`` can raise it alone. ``BaseException``s that are not errors
+        (``KeyboardInterrupt``, ``SystemExit``) go through unchanged.
+        """
+        try:
+            await self._run()
+        except BaseException as exc:
+            leaves = _leaves(exc)
+            fatal = [e for e in leaves if not isinstance(e, Exception | trio.Cancelled)]
+            failures = [e for e in leaves if isinstance(e, Exception)]
+            if not fatal and not failures:
+                raise  # cancelled from outside
+            if fatal:
+                self._crash = fatal[0]
+            else:
+                self._crash = failures[0]
+                log.debug("the client failed", exc_info=self._crash)
+            block.cancel()
+
     async def disconnect(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection with ``code`` and ``reason`` and stop reconnecting.
 
@@ -1040,9 +1117,10 @@ async def connect_stream(
     """
     client = Client(stream_factory, host=host, resource=resource, **options)
     client._retry_first = retry_first
+    error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._run)
+            nursery.start_soon(client._run_guarded, nursery.cancel_scope)
             await client.wait_for(
                 lambda c: c.state is not ClientState.CONNECTING or c.connection_count > 0
             )
@@ -1060,21 +1138,69 @@ async def connect_stream(
                 # else we are being cancelled: so is trio-websocket's reader, so no close
                 # handshake is possible; the stream is closed (the server sees a 1006).
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        single = collapse_exception_group(group)
-        if single is None:
+    except BaseException as exc:
+        error = _one_exception(exc, client._crash)
+        if error is exc:
             raise
-        raise single from None
+    else:
+        error = client._crash
+    if error is not None:
+        try:
+            raise error  # outside the except clause: no group as its context
+        finally:
+            error = None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions in ``exc`` that are not groups, depth first."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    return all(isinstance(leaf, trio.Cancelled) for leaf in _leaves(exc))
+
+
+def _one_exception(exc: BaseException, crash: BaseException | None) -> BaseException:
+    """The one exception ``connect`` raises for ``exc``, what left its nursery.
+
+    ``exc`` is that nursery's group (or, rarely, a bare exception). Its direct members are
+    the block's exception (kept whole: a group the application raised stays a group) and
+    cancellations. In order: a ``crash`` of the client's tasks (the block's exception is
+    then its consequence: ``Cancelled`` or ``BadConnectionError``); else the one member that
+    is not a cancellation; else the first cancellation (trio's cancel scopes take a bare
+    ``Cancelled`` as well as a group). Anything else, impossible by construction, is
+    returned unchanged.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return (
+            crash
+            if crash is not None and isinstance(exc, trio.Cancelled | SocketClusterError)
+            else exc
+        )
+    if crash is not None:
+        return crash
+    members = [e for e in exc.exceptions if not _only_cancelled(e)]
+    if len(members) == 1:
+        return members[0]
+    if not members:
+        return _leaves(exc)[0]
+    return exc
 
 
 def _split_url(url: str) -> tuple[str, int, str, bool]:
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port_given = parts.port
+    except (TypeError, ValueError) as exc:  # a bad IPv6 literal or port, a non-string
+        raise InvalidArgumentsError(f"bad URL {url!r}: {exc}") from exc
     if parts.scheme not in ("ws", "wss"):
         raise InvalidArgumentsError('the URL scheme must be "ws" or "wss"')
     if parts.hostname is None:
         raise InvalidArgumentsError("the URL has no host")
     secure = parts.scheme == "wss"
-    port = parts.port or (443 if secure else 80)
+    port = port_given or (443 if secure else 80)
     path = parts.path if parts.path not in ("", "/") else DEFAULT_PATH
     if parts.query:
         path += "?" + parts.query

@@ -7,6 +7,8 @@ client loads the token before each handshake, saves it on ``#setAuthToken`` and 
 successful ``authenticate()``, and removes it on ``#removeAuthToken`` and ``deauthenticate()``,
 as the JS clients do with ``localStorage``. It never checks expiry itself: the server's
 ``#removeAuthToken`` is what discards a dead token.
+
+A store that raises ends the client: ``connect`` raises that exception (see ``client``).
 """
 
 from __future__ import annotations
@@ -60,13 +62,22 @@ class MemoryTokenStore:
 
 
 class FileTokenStore:
-    """A token kept in one file (created with mode 0600, replaced atomically).
+    """A token kept in one file.
+
+    ``path`` may start with ``~`` (expanded to the user's home directory, as by
+    ``os.path.expanduser``); ``self.path`` is the expanded path. ``save`` writes the token
+    (the JWT, no newline) to a temporary file ``.<name>.<pid>.tmp`` next to it, created with
+    mode **0600** (owner read/write only: a token is a credential), then renames it over
+    ``path`` in one step, so the file keeps mode 0600 and readers never see a partial token;
+    missing parent directories are created with mode 0700. ``remove`` deletes the file.
+    ``load`` returns ``None`` if the file does not exist or is empty. I/O errors (no
+    permission, disk full) are raised as the ``OSError`` they are.
 
     Cancellation during ``save`` leaves either the old or the new file, never a partial one.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = trio.Path(path)
+        self.path = trio.Path(os.path.expanduser(os.fspath(path)))
 
     async def load(self) -> str | None:
         try:
@@ -80,7 +91,9 @@ class FileTokenStore:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
 
         def write() -> None:
+            os.makedirs(self.path.parent, mode=0o700, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # even if a stale temporary file had another mode
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(token)
             os.replace(tmp, self.path)
