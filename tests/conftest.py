@@ -1,4 +1,5 @@
-"""Shared fixtures: servers in the test's nursery, raw clients over memory streams."""
+"""Shared fixtures and helpers: servers in the test's nursery, raw clients over memory streams,
+``make_server`` (a server with an ``echo`` handler) for the server tests."""
 
 from __future__ import annotations
 
@@ -11,9 +12,20 @@ import trio.testing
 from redisserver import RedisServer
 from wsclient import ClientFactory, RawClient, new_client
 
-from trio_socketcluster import Server
+from trio_socketcluster import Server, ServerSocket
 
 AUTH_KEY = "test-auth-key"
+
+
+def make_server(**options: Any) -> Server:
+    """A server (auth key ``"k"`` unless given) whose ``echo`` handler answers its data."""
+    server = Server(**{"auth_key": "k", **options})
+
+    @server.handler("echo")
+    def echo(_s: ServerSocket, data: Any) -> Any:
+        return data
+
+    return server
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+from conftest import make_server as make_echo_server
 from wsclient import ClientFactory, RawClient
 
 from trio_socketcluster import (
@@ -37,11 +38,7 @@ QUIET = {"ping_interval_s": 1000.0, "ping_timeout_s": 2000.0}  # no heartbeat in
 
 
 def make_server(**options: Any) -> Server:
-    server = Server(auth_key="secret", **{**QUIET, **options})
-
-    @server.handler("echo")
-    def echo(_s: ServerSocket, data: Any) -> Any:
-        return data
+    server = make_echo_server(**{"auth_key": "secret", **QUIET, **options})
 
     @server.handler("login")
     async def login(socket: ServerSocket, data: Any) -> str:

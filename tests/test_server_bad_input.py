@@ -17,24 +17,15 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from conftest import make_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import json_text, json_values
 from wsclient import ClientFactory, Closed, RawClient, new_client
 
-from trio_socketcluster import Server, ServerSocket
+from trio_socketcluster import Hook, Server, ServerSocket
 
 PROBE_CID = 987_654_321
-
-
-def make_server(**options: Any) -> Server:
-    server = Server(auth_key="k", **options)
-
-    @server.handler("echo")
-    def echo(_s: ServerSocket, data: Any) -> Any:
-        return data
-
-    return server
 
 
 async def assert_alive(client: RawClient, cid: int = PROBE_CID) -> None:
@@ -110,7 +101,6 @@ SILENT_FRAMES = [
     '{"event": null, "cid": 2}',
     '{"event": ["echo"], "cid": 2}',
     '{"event": "echo", "cid": "abc", "data": 1}',  # non-integer cid: a transmit
-    '{"event": "echo", "cid": 2.5, "data": 1}',
     '{"event": "echo", "cid": true, "data": 1}',
     '{"event": "echo", "cid": null, "data": 1}',
     '{"event": "nohandler", "data": 1}',
@@ -156,7 +146,15 @@ ANSWERED = [
     ),
     (
         {"event": "#subscribe", "data": {"channel": ""}, "cid": 2},
-        _err("InvalidActionError", "Subscribe channel name was malformatted"),
+        _err("InvalidActionError", "Cannot subscribe to a channel with an empty name"),
+    ),
+    (
+        {"event": "#subscribe", "data": "", "cid": 2},
+        _err("InvalidActionError", "Cannot subscribe to a channel with an empty name"),
+    ),
+    (
+        {"event": "#publish", "data": {"channel": "", "data": 1}, "cid": 2},
+        _err("InvalidActionError", "Cannot publish to a channel with an empty name"),
     ),
     (
         {"event": "#subscribe", "data": [1], "cid": 2},
@@ -225,21 +223,118 @@ async def test_handshake_data_of_any_type(connect: ClientFactory) -> None:
         await assert_alive(client)
 
 
-async def test_unencodable_reply_becomes_an_unknown_error(connect: ClientFactory) -> None:
+async def test_unencodable_reply_becomes_an_unknown_error_with_a_message(
+    connect: ClientFactory,
+) -> None:
+    server = make_server()
+
+    @server.handler("opaque")
+    def opaque(_s: ServerSocket, _data: Any) -> Any:
+        return object()
+
+    client = await connect(server)
+    await client.handshake()
+    reply = await client.invoke("opaque", cid=2)
+    assert reply == {
+        "rid": 2,
+        "error": _err("UnknownError", "The server's response has no JSON form"),
+    }
+    await assert_silent_then_alive(client)
+
+
+SURROGATE_ERROR = _err(
+    "InvalidMessageError",
+    "The message contains a lone surrogate (a \\ud800-\\udfff escape without its pair), "
+    "which has no UTF-8 form",
+)
+
+SURROGATE_PACKETS = [
+    '{"event":"echo","data":"\\ud800","cid":2}',
+    '{"event":"\\udfff","cid":2}',
+    '{"event":"#publish","data":{"channel":"c","data":"\\ud800"},"cid":2}',
+    '{"event":"#subscribe","data":{"channel":"\\ud800"},"cid":2}',
+    '{"event":"#subscribe","data":"\\udbff","cid":2}',
+    '{"event":"#authenticate","data":"\\ud800","cid":2}',
+    '{"event":"echo","data":{"\\ud800":1},"cid":2}',  # a key
+    '[{"event":"echo","data":["\\ud800"],"cid":2}]',  # in a batch
+]
+
+
+@pytest.mark.parametrize("packet", SURROGATE_PACKETS)
+async def test_lone_surrogates_are_refused_before_any_handler(
+    connect: ClientFactory, caplog: pytest.LogCaptureFixture, packet: str
+) -> None:
+    server = make_server()
+    seen: list[Any] = []
+    server.add_handler("\udfff", lambda _s, data: seen.append(data))
+    server.add_middleware(Hook.PUBLISH_IN, lambda request: seen.append(request))
+    server.add_middleware(Hook.SUBSCRIBE, lambda request: seen.append(request))
+    client = await connect(server)
+    await client.handshake()
+    await client.send(packet)
+    assert await client.recv_json() == {"rid": 2, "error": SURROGATE_ERROR}
+    await assert_silent_then_alive(client)
+    assert seen == [] and server.broker.channels() == []
+    assert not any(r.exc_info for r in caplog.records)  # no traceback
+
+
+async def test_lone_surrogate_warnings_are_rate_limited(
+    connect: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = make_server()
+    client = await connect(server)
+    await client.handshake()
+    for cid in range(2, 52):
+        await client.send(f'{{"event":"echo","data":"\\ud800","cid":{cid}}}')
+        await client.send('{"event":"echo","data":"\\ud800"}')  # a transmit: not answered
+    for cid in range(2, 52):
+        assert await client.recv_json() == {"rid": cid, "error": SURROGATE_ERROR}
+    await assert_silent_then_alive(client)
+    warnings = [r for r in caplog.records if "lone surrogate" in r.getMessage()]
+    assert len(warnings) == 1 and not warnings[0].exc_info
+
+
+async def test_a_lone_surrogate_in_the_handshake_closes_4008(connect: ClientFactory) -> None:
+    client = await connect(make_server())
+    await client.send('{"event":"#handshake","data":{"authToken":"\\ud800"},"cid":1}')
+    closed = await client.expect_close()
+    assert closed.code == 4008 and closed.reason == "Handshake request was malformatted"
+
+
+@pytest.mark.parametrize(
+    ("cid_text", "rid"),
+    [
+        ("2.5", 2.5),
+        ("7.0", 7.0),
+        ("-3", -3),
+        ("1e300", 1e300),
+        ("123456789012345678901234567890", 1.2345678901234568e29),  # read as JS reads it
+        ("18446744073709551616", 18446744073709551616),  # 2**64
+    ],
+)
+async def test_any_finite_numeric_cid_is_answered_with_it(
+    connect: ClientFactory, cid_text: str, rid: float
+) -> None:
+    """Protocol 2 servers answer any ``typeof cid === 'number'``; the rid echoes it."""
     client = await connect(make_server())
     await client.handshake()
-    # Valid JSON with a lone surrogate escape: it decodes, but has no UTF-8 form to echo.
-    await client.send('{"event":"echo","data":"\\ud800","cid":2}')
+    await client.send(f'{{"event":"echo","data":1,"cid":{cid_text}}}')
     reply = await client.recv_json()
-    assert reply["rid"] == 2 and reply["error"]["name"] == "UnknownError"
-    await client.send('{"event":"\\udfff","cid":3}')  # the error message would name it
-    reply = await client.recv_json()
-    assert reply["rid"] == 3 and "error" in reply
-    await client.send('{"event":"#publish","data":{"channel":"c","data":"\\ud800"},"cid":4}')
-    reply = await client.recv_json()
-    assert reply == {
-        "rid": 4,
-        "error": _err("InvalidArgumentsError", "Publish data has no JSON form"),
+    assert reply == {"rid": rid, "data": 1}
+    await assert_silent_then_alive(client)
+
+
+async def test_a_non_finite_cid_is_answered_with_a_null_rid_and_a_clear_error(
+    connect: ClientFactory,
+) -> None:
+    client = await connect(make_server())
+    await client.handshake()
+    await client.send('{"event":"echo","data":1,"cid":1e400}')
+    assert await client.recv_json() == {
+        "rid": None,
+        "error": _err(
+            "InvalidMessageError", "The cid is not a finite number, so no response can name it"
+        ),
     }
     await assert_silent_then_alive(client)
 
@@ -259,13 +354,14 @@ async def test_binary_frames_are_processed_like_text(connect: ClientFactory) -> 
     await assert_silent_then_alive(client)
 
 
-async def test_invalid_utf8_closes_1007(connect: ClientFactory) -> None:
+async def test_binary_frames_that_are_not_utf8_are_ignored(connect: ClientFactory) -> None:
+    """The reference keeps the socket: such a buffer is a raw message (never a packet)."""
     server = make_server()
     client = await connect(server)
     await client.handshake()
     await client.send(b'{"event":"echo","data":"\xff\xfe","cid":2}')
-    closed = await client.expect_close()
-    assert closed.code == 1007
+    await client.send(b"\x80")
+    await assert_silent_then_alive(client)
 
 
 async def test_oversized_frame_closes_1009(autojump_clock: trio.testing.MockClock) -> None:

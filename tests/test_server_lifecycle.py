@@ -18,19 +18,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from conftest import make_server
 from wsclient import Closed, RawClient, new_client
 
 from trio_socketcluster import BadConnectionError, Server, ServerSocket
-
-
-def make_server(**options: Any) -> Server:
-    server = Server(auth_key="k", **options)
-
-    @server.handler("echo")
-    def echo(_s: ServerSocket, data: Any) -> Any:
-        return data
-
-    return server
 
 
 class Served:

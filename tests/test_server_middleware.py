@@ -23,6 +23,7 @@ import trio
 import trio.from_thread
 import trio.lowlevel
 import trio.testing
+from conftest import make_server as make_echo_server
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -37,13 +38,13 @@ from trio_socketcluster import (
     ServerSocket,
     SocketClusterError,
 )
-from trio_socketcluster.brokers.local import publish_message
 from trio_socketcluster.middleware import PublishOutRequest
+from trio_socketcluster.protocol.codec import publish_bytes
 from trio_socketcluster.transport.base import OutboundMessage
 
 
 def make_server(**options: Any) -> Server:
-    server = Server(auth_key="k", **options)
+    server = make_echo_server(**options)
     received: list[Any] = []
     server.received = received  # type: ignore[attr-defined]
 
@@ -213,10 +214,14 @@ async def test_handshake_sc_block(
     client = await connect(server)
     await client.send_json({"event": "#handshake", "data": {"authToken": None, "x": 1}, "cid": 1})
     assert await client.recv_json() == {"rid": 1, "error": wire_error, "data": {"code": code}}
-    assert await client.recv_json() == {"event": "#disconnect", "data": {"code": code}}
+    reason = "Server rejected handshake from client"
+    assert await client.recv_json() == {
+        "event": "#disconnect",
+        "data": {"code": code, "data": reason},
+    }
     with pytest.raises(Closed) as info:
         await client.recv()
-    assert info.value.code == code
+    assert (info.value.code, info.value.reason) == (code, reason)
     assert seen == [{"authToken": None, "x": 1}]
     assert connections == []
     assert server.client_count == 0
@@ -377,11 +382,11 @@ async def test_publish_out_shares_one_frame_unless_data_changes(
         )
     encoded: list[Any] = []
 
-    def counting(channel: str, data: Any) -> OutboundMessage:
+    def counting(channel: str, data: Any) -> bytes:
         encoded.append(data)
-        return publish_message(channel, data)
+        return publish_bytes(channel, data)
 
-    monkeypatch.setattr("trio_socketcluster.server.socket.publish_message", counting)
+    monkeypatch.setattr("trio_socketcluster.server.socket.publish_bytes", counting)
     sent: list[OutboundMessage] = []
     clients: list[RawClient] = []
     for n in range(4):

@@ -16,7 +16,8 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
-from test_server_lifecycle import make_server, pings_until, serve_one
+from conftest import make_server
+from test_server_lifecycle import pings_until, serve_one
 
 from trio_socketcluster import Block, Hook, ServerSocket
 from trio_socketcluster.transport._common import Wakeup

@@ -5,9 +5,16 @@ to every subscriber of the channel, in this process and (for distributed brokers
 Methods are synchronous and never block: ``publish`` either hands the message on (local
 fan-out happens before it returns, for the in-process broker) or raises ``BrokerError``.
 
-A broker that needs background tasks (a connection to Redis) also has
-``async def run(self, *, task_status)``; the server starts it in its own nursery before
-serving (``Server.start_broker``).
+Capabilities beyond ``Broker`` are explicit, runtime-checkable protocols (checked once with
+``isinstance``, never probed attribute by attribute):
+
+* ``RunnableBroker``: needs background tasks (a connection to Redis): ``async def run(self, *,
+  task_status)``; the server starts it in its own nursery before serving
+  (``Server.start_broker``);
+* ``DistributedBroker``: a runnable broker shared by several processes (``RedisBroker``):
+  ``wait_synced()`` (subscriptions live cluster-wide, awaited before a subscribe is
+  acknowledged), ``set_command_handler``/``send_command`` (cluster-wide actions such as
+  ``Server.disconnect_user``).
 
 A subscriber is anything with ``deliver(channel, data, message)``, where ``message`` is the
 ``#publish`` packet already encoded once for all receivers.
@@ -15,11 +22,17 @@ A subscriber is anything with ``deliver(channel, data, message)``, where ``messa
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import trio
 
 from ..transport.base import OutboundMessage
 
-__all__ = ["Broker", "Subscriber"]
+__all__ = ["Broker", "CommandHandler", "DistributedBroker", "RunnableBroker", "Subscriber"]
+
+#: ``handler(op, args)``: applies a cluster command another process sent.
+CommandHandler = Callable[[str, Mapping[str, Any]], Any]
 
 
 class Subscriber(Protocol):
@@ -46,4 +59,30 @@ class Broker(Protocol):
 
     def channels(self) -> list[str]:
         """Channels with at least one local subscriber."""
+        ...
+
+
+@runtime_checkable
+class RunnableBroker(Protocol):
+    """A broker with background tasks, started by the server before it serves."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; ``task_status.started()`` once publishes are accepted."""
+        ...
+
+
+@runtime_checkable
+class DistributedBroker(RunnableBroker, Broker, Protocol):
+    """A broker shared by several processes, with a command bus between them."""
+
+    async def wait_synced(self) -> None:
+        """Return once every local subscription is live cluster-wide."""
+        ...
+
+    def set_command_handler(self, handler: CommandHandler | None) -> None:
+        """``handler(op, args)`` applies the commands other processes send."""
+        ...
+
+    def send_command(self, op: str, args: Mapping[str, Any]) -> None:
+        """Send a command to every other process; ``BrokerError`` if the bus cannot take it."""
         ...

@@ -9,18 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..protocol.codec import encode
+from ..protocol.codec import publish_bytes
 from ..transport.base import OutboundMessage
 from .base import Subscriber
 
-__all__ = ["LocalBroker", "publish_message"]
-
-
-def publish_message(channel: str, data: Any) -> OutboundMessage:
-    """The ``#publish`` packet for ``channel``/``data``, encoded once."""
-    return OutboundMessage(
-        encode({"event": "#publish", "data": {"channel": channel, "data": data}})
-    )
+__all__ = ["LocalBroker"]
 
 
 class LocalBroker:
@@ -43,7 +36,7 @@ class LocalBroker:
                 del self._channels[channel]
 
     def publish(self, channel: str, data: Any) -> None:
-        message = publish_message(channel, data)
+        message = OutboundMessage(publish_bytes(channel, data))
         self.fan_out(channel, data, message)
 
     def fan_out(self, channel: str, data: Any, message: OutboundMessage) -> None:

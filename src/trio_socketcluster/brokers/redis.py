@@ -55,9 +55,10 @@ import trio
 
 from ..config import CLUSTER_KEY_ENV, resolve_cluster_key
 from ..errors import BrokerError, InvalidOptionsError
-from ..protocol.codec import encode
+from ..protocol.codec import encode, publish_bytes
+from ..transport.base import OutboundMessage
 from .base import Subscriber
-from .local import LocalBroker, publish_message
+from .local import LocalBroker
 
 __all__ = ["CLUSTER_KEY_ENV", "BrokerStats", "RedisBroker", "derive_bus_key"]
 
@@ -217,7 +218,7 @@ class RedisBroker:
         ``TypeError`` (nothing delivered) if ``data`` has no JSON form; ``BrokerError`` (local
         subscribers served, other processes not) when Redis is unreachable or the queue full.
         """
-        message = publish_message(channel, data)
+        message = OutboundMessage(publish_bytes(channel, data))
         self.local.fan_out(channel, data, message)
         self._enqueue(self._data_channel(channel), {"k": "p", "c": channel, "d": data})
         self.stats.published += 1
@@ -358,7 +359,7 @@ class RedisBroker:
             data = msg.get("d")
             stats.received += 1
             if self.local.subscribers(channel):
-                self.local.fan_out(channel, data, publish_message(channel, data))
+                self.local.fan_out(channel, data, OutboundMessage(publish_bytes(channel, data)))
             return
         op, args = msg.get("op"), msg.get("a")
         if not isinstance(op, str) or not isinstance(args, dict):

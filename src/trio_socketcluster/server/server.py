@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import trio
 
 from ..auth import AuthEngine, Keyring
-from ..brokers.base import Broker
+from ..brokers.base import Broker, DistributedBroker, RunnableBroker
 from ..brokers.local import LocalBroker
 from ..config import ServerConfig, resolve_cluster_key
 from ..errors import InvalidArgumentsError, InvalidOptionsError
@@ -50,11 +50,15 @@ from ..middleware import (
     Middleware,
     MiddlewareRegistry,
     origin_allowed,
+    run_chain_async,
 )
+from ..protocol.events import Fault
+from ..ratelimit import WarningLimiter
 from ..transport.base import HandshakeRequest, Rejection, Transport
 from ..transport.ws import accept_websocket
+from .host import HandlerEntry, RenewalHook
 from .http import HttpHandler
-from .socket import ServerSocket, run_any_chain
+from .socket import ServerSocket
 
 __all__ = ["Handler", "Server"]
 
@@ -102,9 +106,10 @@ class Server:
         self.broker: Broker = LocalBroker()
         self.set_broker(broker if broker is not None else self.broker)
         self.middleware = MiddlewareRegistry()
-        self._handlers: dict[str, tuple[Handler, bool]] = {}
+        self._handlers: dict[str, HandlerEntry] = {}
         self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in LISTENER_EVENTS}
-        self._renewal: Callable[[ServerSocket, dict[str, Any]], Any] | None = None
+        self._renewal: RenewalHook | None = None
+        self._client_warnings = WarningLimiter(interval_s=60.0)
         self._sockets: dict[str, ServerSocket] = {}
         self._now = now
         self._clock_offset: float | None = None
@@ -201,9 +206,8 @@ class Server:
             key = resolve_cluster_key(os.environ, self._hs256_key)
             broker = RedisBroker.from_url(broker, cluster_key=key)
         self.broker = broker
-        register = getattr(broker, "set_command_handler", None)
-        if register is not None:  # a distributed broker: commands from other processes
-            register(self._apply_command)
+        if isinstance(broker, DistributedBroker):  # commands from other processes
+            broker.set_command_handler(self._apply_command)
 
     # ------------------------------------------------------------------ time
 
@@ -279,7 +283,37 @@ class Server:
         self._renewal = fn
         return fn
 
-    def _emit(self, event: str, *args: Any) -> None:
+    # ------------------------------------------------------------------ the sockets' host
+    #
+    # What a ``ServerSocket`` uses of its server (``SocketHost`` in ``host.py``).
+
+    @property
+    def renewal_hook(self) -> RenewalHook | None:
+        """The hook registered with ``@server.renewal`` (``None`` if none)."""
+        return self._renewal
+
+    @property
+    def distributed_broker(self) -> DistributedBroker | None:
+        """``broker`` when it is a ``DistributedBroker``, else ``None``."""
+        broker = self.broker
+        return broker if isinstance(broker, DistributedBroker) else None
+
+    def handler_for(self, event: str) -> HandlerEntry | None:
+        """The handler registered for ``event`` and whether it is async."""
+        return self._handlers.get(event)
+
+    def warn_client(self, fault: Fault, message: str, *args: Any) -> None:
+        """Log a warning a client caused: at most one per ``fault`` a minute, no traceback."""
+        suppressed = self._client_warnings.allow(fault, trio.current_time())
+        if suppressed is None:
+            return
+        if suppressed:
+            message += " (%d more like it in the last minute not logged)"
+            args = (*args, suppressed)
+        log.warning(message, *args)
+
+    def emit_listener_event(self, event: str, *args: Any) -> None:
+        """Call the listeners of ``event`` in order; one that raises is logged and skipped."""
         for fn in self._listeners[event]:
             try:
                 fn(*args)
@@ -342,9 +376,9 @@ class Server:
 
     def _cluster_command(self, op: str, args: dict[str, Any]) -> int:
         count = self._apply_command(op, args)
-        send = getattr(self.broker, "send_command", None)
-        if send is not None:
-            send(op, args)
+        broker = self.broker
+        if isinstance(broker, DistributedBroker):
+            broker.send_command(op, args)
         return count
 
     def _apply_command(self, op: str, args: Mapping[str, Any]) -> int:
@@ -386,10 +420,12 @@ class Server:
                 log.warning("unknown cluster command %r ignored", op)
         return count
 
-    def _register(self, socket: ServerSocket) -> None:
+    def register_socket(self, socket: ServerSocket) -> None:
+        """List a socket that completed its handshake in ``sockets``."""
         self._sockets[socket.id] = socket
 
-    def _forget(self, socket: ServerSocket) -> bool:
+    def forget_socket(self, socket: ServerSocket) -> bool:
+        """Unlist a closed socket; whether it was listed."""
         return self._sockets.pop(socket.id, None) is not None
 
     # ------------------------------------------------------------------ connections
@@ -403,12 +439,12 @@ class Server:
         chain = self.middleware.chain(Hook.HANDSHAKE_WS)
         if chain:
             req = HandshakeWSRequest(request=request, now=self.now())
-            outcome = await run_any_chain(chain, req)
+            outcome = await run_chain_async(chain, req)
             if isinstance(outcome, Blocked):
                 if outcome.exception is not None:
                     log.warning("handshakeWS middleware raised", exc_info=outcome.exception)
                 err = outcome.error
-                body = err if isinstance(err, str) else getattr(err, "message", "")
+                body = err if isinstance(err, str) else err.message
                 return Rejection(status=outcome.status_code or 401, body=body or "Unauthorized")
         return None
 
@@ -503,9 +539,9 @@ class Server:
         """Start the broker's background tasks (if it has any, as the Redis broker does) in
         ``nursery``. ``serve`` does this; call it yourself when you only use
         ``handle_stream``/``handle_trio_websocket_request``."""
-        run = getattr(self.broker, "run", None)
-        if run is not None:
-            await nursery.start(run)
+        broker = self.broker
+        if isinstance(broker, RunnableBroker):
+            await nursery.start(broker.run)
 
     def run(self, host: str | None = "127.0.0.1", port: int = 8000) -> None:
         """Serve in a new trio run until SIGINT (Ctrl+C) or SIGTERM, then shut down

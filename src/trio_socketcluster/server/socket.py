@@ -3,9 +3,11 @@
 Each connection runs ``ServerSocket.run()`` in the server's handler nursery. It opens a nursery
 of its own holding
 
-* the **dispatch** task (the body of ``run`` itself): reads what one network read brought,
-  decides with the sans-IO ``Machine`` what each packet means, acts, then flushes the replies
-  with one write;
+* the **dispatch** task (the body of ``run`` itself): reads what one network read brought
+  (text, or bytes from binary frames), lets the sans-IO ``Machine`` say what each packet means
+  (``protocol/events.py``: one event per action, already validated), acts on each event (a
+  ``match`` on its type: middleware, handler, broker, reply), then flushes the replies with one
+  write;
 * the transport's **writer** task (flushes data queued by other tasks: publishes, pings);
 * the **handshake** task: closes with 4005 if no ``#handshake`` arrives in time; once the
   handshake is accepted the same task is the **heartbeat**: pings every ``ping_interval_s``,
@@ -14,12 +16,18 @@ of its own holding
   deauthenticates the socket, sending ``#removeAuthToken`` at once; with ``renew_before_s`` it
   first asks the application's renewal hook for a fresh token;
 * one task per running **async handler** (at most ``max_concurrent_handlers``; then reading
-  pauses). Plain-function handlers and middleware run inline in the dispatch task.
+  pauses), and one per **async middleware chain** on a delivery (publish-out). Plain-function
+  handlers and middleware run inline in the dispatch task.
 
-When the connection ends, for whatever reason (peer close, protocol violation,
-``disconnect()``, server shutdown, cancellation), the nursery is cancelled, so no task outlives
-it; the close frame is then sent under a shielded deadline, the socket's subscriptions are
-removed from the broker and pending server-side invokes fail with ``BadConnectionError``.
+How the connection ends is one ``CloseIntent`` (``_close``), set once: the first of the
+application's ``disconnect()``, a protocol violation, a timeout, the peer's close, server
+shutdown (1001) or a failure inside the connection (1011) wins. Then the nursery is cancelled,
+so no task outlives it; under a shielded deadline the queued replies go out, then (when the
+intent says so) ``#disconnect`` for protocol-1 clients, then the close frame; the socket's
+subscriptions are removed from the broker and pending server-side invokes fail with
+``BadConnectionError``. Every close we send carries a reason.
+
+The socket sees its server only through ``SocketHost`` (``host.py``).
 """
 
 from __future__ import annotations
@@ -29,16 +37,16 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from .. import errors
 from ..auth import decode_unverified, expiry_of
-from ..brokers.local import publish_message
 from ..errors import dehydrate_error
 from ..middleware import (
     UNCHANGED,
+    Allowed,
     AuthenticateRequest,
     Blocked,
     EmitRequest,
@@ -47,15 +55,42 @@ from ..middleware import (
     Pending,
     PublishInRequest,
     PublishOutRequest,
+    Request,
     SubscribeRequest,
     start_chain,
 )
-from ..protocol import MISSING, Action, Close, EventPacket, Machine, ResponsePacket
-from ..protocol.codec import event_bytes, response_bytes
+from ..protocol import (
+    MISSING,
+    Authenticate,
+    Cid,
+    ClientDisconnect,
+    Close,
+    CloseIntent,
+    Emit,
+    Handshake,
+    Initiator,
+    Invalid,
+    Machine,
+    Pong,
+    Publish,
+    RemoveAuthToken,
+    Response,
+    State,
+    Subscribe,
+    Unsubscribe,
+)
+from ..protocol.codec import (
+    REMOVE_AUTH_TOKEN,
+    disconnect_bytes,
+    event_bytes,
+    kick_out_bytes,
+    publish_bytes,
+    response_bytes,
+    set_auth_token_bytes,
+)
+from ..protocol.rules import close_reason
 from ..transport.base import HandshakeRequest, OutboundMessage, Transport, TransportClosed
-
-if TYPE_CHECKING:
-    from .server import Server
+from .host import SocketHost
 
 __all__ = ["Reply", "ServerSocket"]
 
@@ -72,7 +107,10 @@ RESERVED_OUTBOUND = frozenset(
     }
 )  # fmt: skip
 
-_REMOVE_AUTH_TOKEN = event_bytes("#removeAuthToken", None)
+_REMOVE_AUTH_TOKEN = OutboundMessage(REMOVE_AUTH_TOKEN)
+_NO_JSON_FORM = errors.UnknownError("The server's response has no JSON form")
+#: The close reason of a handshake that HANDSHAKE_SC middleware blocked, whatever its code.
+HANDSHAKE_REJECTED_REASON = "Server rejected handshake from client"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,18 +133,18 @@ def _only_cancelled(exc: BaseException) -> bool:
     return False
 
 
-async def run_any_chain(chain: tuple[Any, ...], request: Any) -> Any:
-    """Run a middleware chain: inline until a middleware returns an awaitable, then awaiting
-    from there on (no middleware runs twice)."""
-    outcome = start_chain(chain, request)
-    if isinstance(outcome, Pending):
-        return await outcome.resume()
-    return outcome
-
-
 def _block_error(error: Any) -> Any:
     """A middleware's plain-string error, as the client sees ``next(new Error(text))``."""
     return {"message": error} if isinstance(error, str) else error
+
+
+def _logged(outcome: Allowed | Blocked) -> Allowed | Blocked:
+    if isinstance(outcome, Blocked) and outcome.exception is not None:
+        log.warning(
+            "%s middleware raised; the action was blocked", outcome.hook.value,
+            exc_info=outcome.exception,
+        )  # fmt: skip
+    return outcome
 
 
 class _Pending:
@@ -123,7 +161,8 @@ class ServerSocket:
 
     Read: ``id``, ``state`` (``"connecting"``, ``"open"``, ``"closed"``), ``protocol`` (1, 2 or
     ``None`` while undetected), ``request`` (the HTTP upgrade request), ``auth_token`` (the
-    verified payload or ``None``), ``signed_auth_token``, ``authenticated``, ``channels``.
+    verified payload or ``None``), ``signed_auth_token``, ``authenticated``, ``channels``,
+    ``close_code``/``close_reason`` (``None`` until the connection is ending).
     Act: ``transmit``, ``invoke``, ``set_auth_token``, ``deauthenticate``, ``kick_out``,
     ``disconnect``.
     """
@@ -131,16 +170,13 @@ class ServerSocket:
     __slots__ = (
         "__dict__",  # the application may attach its own attributes to a socket
         "_channels",
-        "_close_code",
-        "_close_reason",
-        "_closing",
+        "_close",
         "_handler_slots",
         "_handshake_event",
         "_held_events",
         "_last_pong",
         "_machine",
         "_next_cid",
-        "_notify_close",
         "_nursery",
         "_pending",
         "_token_changed",
@@ -148,15 +184,13 @@ class ServerSocket:
         "_watch_scope",
         "auth_token",
         "client_disconnect_data",
-        "close_code",
-        "close_reason",
         "handshake_data",
         "id",
         "server",
         "signed_auth_token",
     )
 
-    def __init__(self, server: Server, transport: Transport, socket_id: str) -> None:
+    def __init__(self, server: SocketHost, transport: Transport, socket_id: str) -> None:
         self.server = server
         self.id = socket_id
         self._transport = transport
@@ -167,7 +201,7 @@ class ServerSocket:
         self.handshake_data: Any = None
         self.client_disconnect_data: Any = None
         self._channels: dict[str, None] = {}
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[Cid, _Pending] = {}
         self._next_cid = 1
         # Set when ``#handshake`` arrives, then (a fresh one, if the handshake task is already
         # waiting) when it is accepted; ``None`` from then on.
@@ -175,12 +209,7 @@ class ServerSocket:
         self._token_changed = False  # since the expiry watcher last looked at the token
         self._watch_scope: trio.CancelScope | None = None  # the watcher's sleep
         self._last_pong = 0.0
-        self._closing = False
-        self._notify_close = False
-        self._close_code = 1000
-        self._close_reason = ""
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
+        self._close: CloseIntent | None = None  # how the connection ends: set once
         self._nursery: trio.Nursery | None = None
         self._handler_slots: trio.Semaphore | None = None  # created by the first async handler
         self._held_events: list[tuple[Any, ...]] | None = None
@@ -211,6 +240,15 @@ class ServerSocket:
     def channels(self) -> list[str]:
         return list(self._channels)
 
+    @property
+    def close_code(self) -> int | None:
+        """The close code, once the connection is ending (ours, or the peer's)."""
+        return None if self._close is None else self._close.code
+
+    @property
+    def close_reason(self) -> str | None:
+        return None if self._close is None else self._close.reason
+
     def __repr__(self) -> str:
         return f"<ServerSocket {self.id} {self.state}>"
 
@@ -222,7 +260,7 @@ class ServerSocket:
     def _send_priority(self, payload: bytes) -> None:
         self._transport.send_priority(OutboundMessage(payload))
 
-    def _respond(self, cid: int | None, data: Any = MISSING, error: Any = MISSING) -> None:
+    def _respond(self, cid: Cid | None, data: Any = MISSING, error: Any = MISSING) -> None:
         if cid is None:
             return
         if isinstance(data, Reply):
@@ -232,8 +270,8 @@ class ServerSocket:
         try:
             payload = response_bytes(cid, data, error)
         except TypeError:
-            log.warning("socket %s: a response to cid %s has no JSON form", self.id, cid)
-            payload = response_bytes(cid, error=dehydrate_error(errors.UnknownError("")))
+            log.warning("socket %s: the response to cid %s has no JSON form", self.id, cid)
+            payload = response_bytes(cid, error=_NO_JSON_FORM.to_wire())
         self._send(payload)
 
     def transmit(self, event: str, data: Any = MISSING) -> None:
@@ -254,7 +292,7 @@ class ServerSocket:
         late answer is dropped.
         """
         self._check_outbound_event(event)
-        if self._closing or self._machine.state.value == "closed":
+        if self._close is not None or self._machine.state is State.CLOSED:
             raise errors.BadConnectionError(f"Event '{event}' was aborted due to a bad connection")
         cid = self._next_cid
         self._next_cid += 1
@@ -295,7 +333,7 @@ class ServerSocket:
         ``AuthError`` raised. Returns the signed token. Not a checkpoint: cancellation cannot
         leave the socket half-authenticated.
         """
-        if self._machine.state.value != "open":
+        if self._machine.state is not State.OPEN:
             raise errors.InvalidActionError("Cannot set an auth token before the handshake")
         try:
             signed = self.server.auth.sign(
@@ -307,7 +345,7 @@ class ServerSocket:
         except errors.SocketClusterError as exc:
             self.disconnect(4002, "Server failed to sign auth token", notify=False)
             raise errors.AuthError(f"Failed to sign auth token: {exc.message}") from None
-        self._send_priority(event_bytes("#setAuthToken", {"token": signed}))
+        self._send_priority(set_auth_token_bytes(signed))
         self._set_authenticated(claims, signed)
         return signed
 
@@ -315,13 +353,13 @@ class ServerSocket:
         """Forget the auth token and tell the client to drop it (``#removeAuthToken``)."""
         self._clear_auth(send_remove=True)
 
-    def _emit(self, event: str, *args: Any) -> None:
+    def _notify(self, event: str, *args: Any) -> None:
         """Call the server's listeners, or hold the call while the handshake runs (auth
         events follow ``connection``, as the reference emits them; examples.md §2)."""
         if self._held_events is not None:
             self._held_events.append((event, *args))
         else:
-            self.server._emit(event, *args)
+            self.server.emit_listener_event(event, *args)
 
     def _set_authenticated(self, payload: dict[str, Any], signed: str) -> None:
         was = self.auth_token is not None
@@ -329,19 +367,19 @@ class ServerSocket:
         self.signed_auth_token = signed
         self._wake_watcher()
         if not was:
-            self._emit("authStateChange", self, "unauthenticated", "authenticated")
-        self._emit("authenticate", self, payload)
+            self._notify("authStateChange", self, "unauthenticated", "authenticated")
+        self._notify("authenticate", self, payload)
 
     def _clear_auth(self, *, send_remove: bool) -> None:
         old = self.auth_token
         self.auth_token = None
         self.signed_auth_token = None
         self._wake_watcher()
-        if send_remove and self._machine.state.value != "closed":
-            self._send_priority(_REMOVE_AUTH_TOKEN)
+        if send_remove and self._machine.state is not State.CLOSED:
+            self._transport.send_priority(_REMOVE_AUTH_TOKEN)
         if old is not None:
-            self._emit("authStateChange", self, "authenticated", "unauthenticated")
-            self._emit("deauthenticate", self, old)
+            self._notify("authStateChange", self, "authenticated", "unauthenticated")
+            self._notify("deauthenticate", self, old)
 
     def _check_expiry(self) -> float | None:
         """Lazy expiry check (as the reference does on pongs and events).
@@ -353,7 +391,7 @@ class ServerSocket:
         if token is None:
             return None
         exp = expiry_of(token)
-        if exp is not None and self.server.now() >= exp + self.server.config.auth_leeway_s:
+        if exp is not None and self.server.now() >= exp + self.server.auth.leeway_s:
             self._clear_auth(send_remove=True)
             return exp
         return None
@@ -363,23 +401,24 @@ class ServerSocket:
 
         Returns ``(authenticated, error, bad_token)``; on success the socket is authenticated.
         """
+        server = self.server
         try:
-            payload = self.server.auth.verify(token, now=self.server.now())
+            payload = server.auth.verify(token, now=server.now())
         except errors.AuthTokenError as exc:
             if exc.is_bad_token:
-                self._emit("badAuthToken", self, exc, token)
+                self._notify("badAuthToken", self, exc, token)
             return False, exc, exc.is_bad_token
-        chain = self.server.middleware.chain(Hook.AUTHENTICATE)
+        chain = server.middleware.chain(Hook.AUTHENTICATE)
         if chain:
             outcome = await self._run_chain(
                 chain,
                 AuthenticateRequest(
-                    socket=self, auth_token=payload, signed_auth_token=token, now=self.server.now()
+                    socket=self, auth_token=payload, signed_auth_token=token, now=server.now()
                 ),
             )
             if isinstance(outcome, Blocked):
                 if outcome.bad_token:
-                    self._emit("badAuthToken", self, outcome.error, token)
+                    self._notify("badAuthToken", self, outcome.error, token)
                 return False, _block_error(outcome.error), outcome.bad_token
         self._set_authenticated(payload, token)
         return True, None, False
@@ -399,7 +438,7 @@ class ServerSocket:
         outcome = start_chain(chain, request)
         if not isinstance(outcome, Pending):
             self._deliver_outcome(outcome, message, channel)
-        elif self._nursery is not None and not self._closing:
+        elif self._nursery is not None and self._close is None:
             self._nursery.start_soon(self._deliver_async, outcome, channel, message)
         else:
             outcome.close()
@@ -409,14 +448,16 @@ class ServerSocket:
     ) -> None:
         self._deliver_outcome(await pending.resume(), message, channel)
 
-    def _deliver_outcome(self, outcome: Any, message: OutboundMessage, channel: str) -> None:
+    def _deliver_outcome(
+        self, outcome: Allowed | Blocked, message: OutboundMessage, channel: str
+    ) -> None:
         if isinstance(outcome, Blocked):
             if outcome.exception is not None:
                 log.warning("publishOut middleware failed", exc_info=outcome.exception)
             return
         if outcome.changed:
             try:
-                message = publish_message(channel, outcome.data)
+                message = OutboundMessage(publish_bytes(channel, outcome.data))
             except TypeError:
                 log.warning("publishOut middleware returned data with no JSON form")
                 return
@@ -428,10 +469,7 @@ class ServerSocket:
         for name in names:
             if name not in self._channels:
                 continue
-            data: dict[str, Any] = {"message": message, "channel": name}
-            if message is None:
-                del data["message"]
-            self._send_priority(event_bytes("#kickOut", data))
+            self._send_priority(kick_out_bytes(name, message))
             self._unsubscribe(name)
 
     def _unsubscribe(self, channel: str) -> None:
@@ -441,20 +479,26 @@ class ServerSocket:
     # ------------------------------------------------------------------ closing
 
     def disconnect(self, code: int = 1000, reason: str = "", *, notify: bool = True) -> None:
-        """Close the connection with ``code`` and ``reason``. Never blocks; idempotent.
+        """Close the connection with ``code`` and ``reason``. Never blocks; idempotent (the
+        first close wins).
 
-        The reason goes in the close frame (what v19/v20 clients read) and, with ``notify``,
-        a ``#disconnect`` packet carries code and reason for v14 clients. The connection's
-        tasks are cancelled at their next checkpoint, so a plain-function handler that calls
-        this still gets its reply out first; the ``#disconnect`` packet and the close frame
-        are written after what is already queued, under a shielded deadline.
+        The reason (the reference's text for ``code`` when empty) goes in the close frame (what
+        v19/v20 clients read) and, with ``notify``, a ``#disconnect`` packet carries code and
+        reason for v14 clients. The connection's tasks are cancelled at their next checkpoint,
+        so a plain-function handler that calls this still gets its reply out first; the
+        ``#disconnect`` packet and the close frame are written after what is already queued,
+        under a shielded deadline.
         """
-        if self._closing:
+        self._end(CloseIntent(
+            code=code, reason=close_reason(code, reason), notify=notify,
+            initiator=Initiator.LOCAL,
+        ))  # fmt: skip
+
+    def _end(self, intent: CloseIntent) -> None:
+        """Record how the connection ends (the first intent wins) and stop its tasks."""
+        if self._close is not None:
             return
-        self._closing = True
-        self._close_code = code
-        self._close_reason = reason
-        self._notify_close = notify
+        self._close = intent
         self._machine.close()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
@@ -479,7 +523,7 @@ class ServerSocket:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if self._closing:  # disconnect() before run()
+                if self._close is not None:  # disconnect() before run()
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(self._handshake_task)
                 nursery.start_soon(self._expiry_watcher)
@@ -490,28 +534,23 @@ class ServerSocket:
             raise
         finally:
             self._nursery = None
-            if not self._closing and self.close_code is None:
-                # Neither side chose to close: the server is shutting down (cancellation)
-                # or something failed inside this connection (1011).
-                self._closing = True
-                self._close_code, self._close_reason = (
-                    (1011, "Unexpected server error")
-                    if failed
-                    else (1001, "Server is shutting down")
-                )
-            self._machine.close()
+            # Neither side chose to close: something failed inside this connection (1011) or
+            # the server is shutting down (cancellation).
+            self._end(CloseIntent(
+                code=1011 if failed else 1001,
+                reason="Unexpected server error" if failed else "Server is shutting down",
+                notify=False, initiator=Initiator.LOCAL,
+            ))  # fmt: skip
+            intent = self._close
+            assert intent is not None
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + cfg.shutdown_timeout_s
-                if self.close_code is None:  # we close: send our close frame
-                    self.close_code, self.close_reason = self._close_code, self._close_reason
-                    if self._notify_close:
+                if intent.initiator is Initiator.LOCAL:  # we close: send our close frame
+                    if intent.notify:
                         # After any reply already queued (a handler that responds, then
                         # disconnects), before the close frame; v14 clients read only this.
-                        data: dict[str, Any] = {"code": self._close_code}
-                        if self._close_reason:
-                            data["data"] = self._close_reason
-                        self._transport.send(OutboundMessage(event_bytes("#disconnect", data)))
-                    await self._transport.close(self._close_code, self._close_reason)
+                        self._send(disconnect_bytes(intent.code, intent.reason))
+                    await self._transport.close(intent.code, intent.reason)
                 else:
                     await self._transport.aclose()
             self._cleanup()
@@ -524,8 +563,10 @@ class ServerSocket:
             pending.done.set()
         self._pending.clear()
         self._wake_watcher()
-        if self.server._forget(self):
-            self.server._emit("disconnection", self, self.close_code, self.close_reason)
+        if self.server.forget_socket(self):
+            self.server.emit_listener_event(
+                "disconnection", self, self.close_code, self.close_reason
+            )
 
     async def _handshake_task(self) -> None:
         """Close with 4005 unless ``#handshake`` arrives in time; once the handshake is
@@ -575,11 +616,11 @@ class ServerSocket:
             deadline = math.inf
             renewing = False
             if exp is not None:
-                wall_deadline = exp + server.config.auth_leeway_s
+                wall_deadline = exp + server.auth.leeway_s
                 renew_before = server.config.renew_before_s
                 renewing = (
                     renew_before is not None
-                    and server._renewal is not None
+                    and server.renewal_hook is not None
                     and renewed_for != self.signed_auth_token
                 )
                 if renewing:
@@ -600,7 +641,7 @@ class ServerSocket:
                 self._clear_auth(send_remove=True)
 
     async def _renew(self) -> None:
-        hook = self.server._renewal
+        hook = self.server.renewal_hook
         token = self.auth_token
         if hook is None or token is None:
             return
@@ -624,6 +665,11 @@ class ServerSocket:
             log.warning("token renewal hook raised for socket %s", self.id, exc_info=True)
 
     # ------------------------------------------------------------------ dispatch
+    #
+    # The protocol layer has already validated every event. Handlers that can finish inline
+    # (plain functions, plain middleware, the in-process broker) return ``None``; when one
+    # must wait (an async middleware or handler, a distributed broker's sync) it returns the
+    # awaitable to finish with, so the common path creates no coroutine per packet.
 
     async def _dispatch_loop(self) -> None:
         transport = self._transport
@@ -631,7 +677,9 @@ class ServerSocket:
             try:
                 messages = await transport.receive()
             except TransportClosed as exc:
-                self.close_code, self.close_reason = exc.code, exc.reason
+                self._end(CloseIntent(
+                    code=exc.code, reason=exc.reason, notify=False, initiator=Initiator.REMOTE
+                ))  # fmt: skip
                 return
             # Any inbound message proves the client alive (the v14 rule): under load the
             # reader may be behind, and a pong queued behind data must not cost the
@@ -639,64 +687,64 @@ class ServerSocket:
             self._last_pong = trio.current_time()
             await self._dispatch_read(messages)
             del messages  # an idle connection keeps nothing of its last read
-            if self._closing:
+            if self._close is not None:
                 return  # run() writes what is queued, then the close frame
             await transport.flush()
 
-    async def _dispatch_read(self, messages: list[str]) -> None:
+    async def _dispatch_read(self, messages: list[str | bytes] | list[str]) -> None:
         machine = self._machine
-        for text in messages:
-            for action, packet in machine.receive(text):
-                await self._dispatch(action, packet)
+        for message in messages:
+            for event in machine.receive(message):
+                waiting: Awaitable[None] | None = None
+                match event:
+                    case Emit():
+                        waiting = self._on_emit(event)
+                    case Publish():
+                        waiting = self._on_publish(event)
+                    case Pong():
+                        self._check_expiry()
+                    case Response():
+                        self._on_response(event)
+                    case Subscribe():
+                        waiting = self._on_subscribe(event)
+                    case Unsubscribe():
+                        self._on_unsubscribe(event)
+                    case Invalid():
+                        self._on_invalid(event)
+                    case Handshake():
+                        waiting = self._on_handshake(event)
+                    case Authenticate():
+                        waiting = self._on_authenticate(event)
+                    case RemoveAuthToken():
+                        self._clear_auth(send_remove=False)  # never answered, even with a cid
+                    case ClientDisconnect():
+                        # A v14 client announces its close; the close frame follows.
+                        self.client_disconnect_data = event.data
+                    case Close():
+                        self.disconnect(event.code, event.reason, notify=False)
+                    case _:  # Ping, Raw: ignored
+                        pass
+                if waiting is not None:
+                    await waiting
 
-    async def _dispatch(self, action: Action, packet: Any) -> None:
-        match action:
-            case Action.EMIT:
-                await self._on_emit(packet)
-            case Action.PUBLISH:
-                await self._on_publish(packet)
-            case Action.PONG:
-                self._check_expiry()
-            case Action.RESPONSE:
-                self._on_response(packet)
-            case Action.SUBSCRIBE:
-                await self._on_subscribe(packet)
-            case Action.UNSUBSCRIBE:
-                self._check_expiry()
-                self._on_unsubscribe(packet)
-            case Action.HANDSHAKE:
-                await self._on_handshake(packet)
-            case Action.AUTHENTICATE:
-                await self._on_authenticate(packet)
-            case Action.REMOVE_AUTH_TOKEN:
-                self._clear_auth(send_remove=False)  # never answered, even with a cid
-            case Action.DUPLICATE_HANDSHAKE:
-                self._respond(
-                    packet.cid, error=errors.InvalidActionError("The handshake was already done")
-                )
-            case Action.CLIENT_DISCONNECT:
-                # A v14 client announces its close; the close frame follows. Record it only.
-                self.client_disconnect_data = packet.data
-            case Action.CLOSE:
-                assert isinstance(packet, Close)
-                self.disconnect(packet.code, notify=False)
-            case _:
-                pass
+    async def _run_chain(self, chain: tuple[Any, ...], request: Request) -> Allowed | Blocked:
+        outcome = start_chain(chain, request)
+        if isinstance(outcome, Pending):
+            return _logged(await outcome.resume())
+        return _logged(outcome)
 
-    async def _run_chain(self, chain: tuple[Any, ...], request: Any) -> Any:
-        outcome = await run_any_chain(chain, request)
-        if isinstance(outcome, Blocked) and outcome.exception is not None:
-            log.warning(
-                "%s middleware raised; the action was blocked", outcome.hook.value,
-                exc_info=outcome.exception,
-            )  # fmt: skip
-        return outcome
+    def _on_invalid(self, event: Invalid) -> None:
+        self._respond(event.cid, error=event.error)
+        self.server.warn_client(
+            event.fault, "socket %s: refused a packet (%s): %s",
+            self.id, event.fault.value, event.error.message,
+        )  # fmt: skip
 
-    async def _on_handshake(self, packet: EventPacket) -> None:
+    async def _on_handshake(self, event: Handshake) -> None:
         server = self.server
         if self._handshake_event is not None:
             self._handshake_event.set()  # the 4005 timer stops
-        data = packet.data
+        data = event.data
         self.handshake_data = data
         chain = server.middleware.chain(Hook.HANDSHAKE_SC)
         if chain:
@@ -708,14 +756,14 @@ class ServerSocket:
                 error = dehydrate_error(_block_error(outcome.error))
                 if isinstance(error, dict):
                     error["statusCode"] = code
-                self._respond(packet.cid, data={"code": code}, error=error)
-                self.disconnect(code)
+                self._respond(event.cid, data={"code": code}, error=error)
+                self.disconnect(code, HANDSHAKE_REJECTED_REASON)
                 return
         status: dict[str, Any] = {
             "id": self.id,
             "pingTimeout": int(server.config.ping_timeout_s * 1000),
         }
-        token = data.get("authToken") if isinstance(data, dict) else None
+        token = event.auth_token
         authenticated = False
         held: list[tuple[Any, ...]] = []
         if token is not None:
@@ -731,8 +779,8 @@ class ServerSocket:
         status["isAuthenticated"] = authenticated
         self._machine.handshake_done()
         self._last_pong = trio.current_time()
-        server._register(self)
-        self._respond(packet.cid, data=status)
+        server.register_socket(self)
+        self._respond(event.cid, data=status)
         if self._machine.protocol is None:
             # Probe after the reply: the first pong tells protocol 1 from 2 within one RTT.
             for ping in self._machine.ping_payloads():
@@ -740,83 +788,100 @@ class ServerSocket:
         accepted, self._handshake_event = self._handshake_event, None
         if accepted is not None:
             accepted.set()  # the handshake task becomes the heartbeat
-        server._emit("connection", self)
-        for event, *args in held:
-            server._emit(event, *args)
+        server.emit_listener_event("connection", self)
+        for name, *args in held:
+            server.emit_listener_event(name, *args)
 
-    async def _on_authenticate(self, packet: EventPacket) -> None:
-        authenticated, error, bad = await self._verify_token(packet.data)
+    async def _on_authenticate(self, event: Authenticate) -> None:
+        authenticated, error, bad = await self._verify_token(event.token)
         if authenticated:
-            self._respond(packet.cid, data={"isAuthenticated": True, "authError": None})
+            self._respond(event.cid, data={"isAuthenticated": True, "authError": None})
             return
         wire = dehydrate_error(error)
         status = {"isAuthenticated": False, "authError": wire}
         if bad:
             self._clear_auth(send_remove=True)  # #removeAuthToken goes before the response
-            self._respond(packet.cid, data=status, error=wire)
+            self._respond(event.cid, data=status, error=wire)
         else:
             self._clear_auth(send_remove=False)  # a failed re-authentication logs out
-            self._respond(packet.cid, data=status)
+            self._respond(event.cid, data=status)
 
-    def _on_response(self, packet: ResponsePacket) -> None:
-        pending = self._pending.pop(packet.rid, None)
+    def _on_response(self, event: Response) -> None:
+        pending = self._pending.pop(event.rid, None)
         if pending is None:
             return
-        pending.data = packet.data
-        if packet.error is not None:
-            pending.error = errors.hydrate_error(packet.error)
+        pending.data = event.data
+        if event.error is not None:
+            pending.error = errors.hydrate_error(event.error)
         pending.done.set()
 
-    async def _on_emit(self, packet: EventPacket) -> None:
+    # ---- custom events
+
+    def _on_emit(self, event: Emit) -> Awaitable[None] | None:
         server = self.server
         expired = self._check_expiry() is not None
-        data = packet.data
-        cid = packet.cid
         chain = server.middleware.chain(Hook.EMIT)
-        if chain:
-            outcome = await self._run_chain(
-                chain,
-                EmitRequest(
-                    socket=self, event=packet.event, data=data, is_invoke=cid is not None,
-                    auth_token=self.auth_token, auth_token_expired=expired, now=server.now(),
-                ),
-            )  # fmt: skip
-            if isinstance(outcome, Blocked):
-                self._respond(cid, error=_block_error(outcome.error))
-                return
-            data = outcome.data
-        entry = server._handlers.get(packet.event)
+        if not chain:
+            return self._call_handler(event.event, event.data, event.cid)
+        outcome = start_chain(
+            chain,
+            EmitRequest(
+                socket=self, event=event.event, data=event.data, is_invoke=event.cid is not None,
+                auth_token=self.auth_token, auth_token_expired=expired, now=server.now(),
+            ),
+        )  # fmt: skip
+        if isinstance(outcome, Pending):
+            return self._emit_when_allowed(outcome, event)
+        return self._emit_outcome(outcome, event)
+
+    async def _emit_when_allowed(self, pending: Pending, event: Emit) -> None:
+        waiting = self._emit_outcome(await pending.resume(), event)
+        if waiting is not None:
+            await waiting
+
+    def _emit_outcome(self, outcome: Allowed | Blocked, event: Emit) -> Awaitable[None] | None:
+        if isinstance(outcome, Blocked):
+            _logged(outcome)
+            self._respond(event.cid, error=_block_error(outcome.error))
+            return None
+        return self._call_handler(event.event, outcome.data, event.cid)
+
+    def _call_handler(self, name: str, data: Any, cid: Cid | None) -> Awaitable[None] | None:
+        entry = self.server.handler_for(name)
         if entry is None:
-            self._respond(
-                cid, error=errors.NoHandlerError(f"No handler for event '{packet.event}'")
-            )
-            return
+            self._respond(cid, error=errors.NoHandlerError(f"No handler for event '{name}'"))
+            return None
         fn, is_async = entry
         if is_async:
-            slots = self._handler_slots
-            if slots is None:
-                slots = self._handler_slots = trio.Semaphore(server.config.max_concurrent_handlers)
-            await slots.acquire()
-            assert self._nursery is not None
-            self._nursery.start_soon(self._run_async_handler, fn, packet.event, data, cid)
-            return
+            return self._start_async_handler(fn, name, data, cid)
         try:
             result = fn(self, data)
         except errors.SocketClusterError as exc:
             self._respond(cid, error=exc)
-            return
+            return None
         except Exception:
-            log.exception("handler for %r raised", packet.event)
+            log.exception("handler for %r raised", name)
             self._respond(cid, error=errors.UnknownError("The handler failed"))
-            return
+            return None
         self._respond(cid, data=MISSING if result is None else result)
+        return None
+
+    async def _start_async_handler(
+        self, fn: Callable[..., Awaitable[Any]], name: str, data: Any, cid: Cid | None
+    ) -> None:
+        slots = self._handler_slots
+        if slots is None:
+            slots = self._handler_slots = trio.Semaphore(self.server.config.max_concurrent_handlers)
+        await slots.acquire()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_async_handler, fn, name, data, cid)
 
     async def _run_async_handler(
         self,
         fn: Callable[[ServerSocket, Any], Awaitable[Any]],
         event: str,
         data: Any,
-        cid: int | None,
+        cid: Cid | None,
     ) -> None:
         try:
             try:
@@ -833,29 +898,21 @@ class ServerSocket:
             assert self._handler_slots is not None
             self._handler_slots.release()
 
-    async def _on_subscribe(self, packet: EventPacket) -> None:
+    # ---- channels
+
+    def _on_subscribe(self, event: Subscribe) -> Awaitable[None] | None:
         server = self.server
         expired_exp = self._check_expiry()
-        cid = packet.cid
-        request = packet.data
-        if isinstance(request, str):
-            request = {"channel": request}
-        channel = request.get("channel") if isinstance(request, dict) else None
-        if not isinstance(channel, str) or not channel:
-            self._respond(
-                cid, error=errors.InvalidActionError("Subscribe channel name was malformatted")
-            )
-            return
-        assert isinstance(request, dict)
-        wait_for_auth = bool(request.get("waitForAuth"))
-        if wait_for_auth and expired_exp is not None:
+        cid = event.cid
+        channel = event.channel
+        if event.wait_for_auth and expired_exp is not None:
             self._respond(
                 cid,
                 error=errors.AuthTokenExpiredError(
                     "The socket auth token has expired", expiry=expired_exp
                 ),
             )
-            return
+            return None
         limit = server.config.socket_channel_limit
         if limit is not None and channel not in self._channels and len(self._channels) >= limit:
             self._respond(
@@ -865,43 +922,61 @@ class ServerSocket:
                     f"tried to exceed the channel subscription limit of {limit}"
                 ),
             )
-            return
+            return None
         chain = server.middleware.chain(Hook.SUBSCRIBE)
         if chain:
-            outcome = await self._run_chain(
+            outcome = start_chain(
                 chain,
                 SubscribeRequest(
-                    socket=self, channel=channel, wait_for_auth=wait_for_auth,
-                    data=request.get("data"), auth_token=self.auth_token,
+                    socket=self, channel=channel, wait_for_auth=event.wait_for_auth,
+                    data=event.data, auth_token=self.auth_token,
                     auth_token_expired=expired_exp is not None, now=server.now(),
                 ),
             )  # fmt: skip
+            if isinstance(outcome, Pending):
+                return self._subscribe_when_allowed(outcome, event)
+            outcome = _logged(outcome)
             if isinstance(outcome, Blocked):
                 self._respond(cid, error=_block_error(outcome.error))
-                return
-        if self._closing:
+                return None
+        return self._subscribe(event)
+
+    async def _subscribe_when_allowed(self, pending: Pending, event: Subscribe) -> None:
+        outcome = _logged(await pending.resume())
+        if isinstance(outcome, Blocked):
+            self._respond(event.cid, error=_block_error(outcome.error))
             return
-        self._channels[channel] = None
-        server.broker.subscribe(channel, self)
-        synced = getattr(server.broker, "wait_synced", None)
-        if synced is not None:
-            # A distributed broker: acknowledge once the subscription is live cluster-wide
-            # (bounded: with the broker down, local delivery works and the ack goes out).
-            with trio.move_on_after(server.config.ack_timeout_s):
-                await synced()
+        waiting = self._subscribe(event)
+        if waiting is not None:
+            await waiting
+
+    def _subscribe(self, event: Subscribe) -> Awaitable[None] | None:
+        if self._close is not None:
+            return None
+        server = self.server
+        self._channels[event.channel] = None
+        server.broker.subscribe(event.channel, self)
+        distributed = server.distributed_broker
+        if distributed is not None:
+            return self._ack_when_synced(distributed.wait_synced, event.cid)
+        self._respond(event.cid)
+        return None
+
+    async def _ack_when_synced(
+        self, synced: Callable[[], Awaitable[None]], cid: Cid | None
+    ) -> None:
+        # A distributed broker: acknowledge once the subscription is live cluster-wide
+        # (bounded: with the broker down, local delivery works and the ack goes out).
+        with trio.move_on_after(self.server.config.ack_timeout_s):
+            await synced()
         self._respond(cid)
 
-    def _on_unsubscribe(self, packet: EventPacket) -> None:
-        channel = packet.data
-        if not isinstance(channel, str):
-            self._respond(
-                packet.cid,
-                error=errors.InvalidActionError("Unsubscribe channel name was malformatted"),
-            )
-            return
+    def _on_unsubscribe(self, event: Unsubscribe) -> None:
+        self._check_expiry()
+        channel = event.channel
         if channel not in self._channels:
             self._respond(
-                packet.cid,
+                event.cid,
                 error=errors.BrokerError(
                     f"Failed to unsubscribe socket from the {channel} channel - Socket {self.id} "
                     "tried to unsubscribe from a channel which it is not subscribed to"
@@ -909,48 +984,53 @@ class ServerSocket:
             )
             return
         self._unsubscribe(channel)
-        self._respond(packet.cid)
+        self._respond(event.cid)
 
-    async def _on_publish(self, packet: EventPacket) -> None:
+    def _on_publish(self, event: Publish) -> Awaitable[None] | None:
         server = self.server
         expired = self._check_expiry() is not None
-        cid = packet.cid
         if not server.config.allow_client_publish:
             self._respond(
-                cid, error=errors.InvalidActionError("Client publish feature is disabled")
+                event.cid, error=errors.InvalidActionError("Client publish feature is disabled")
             )
-            return
-        request = packet.data
-        channel = request.get("channel") if isinstance(request, dict) else None
-        if not isinstance(channel, str) or not channel:
-            self._respond(
-                cid, error=errors.InvalidActionError("Publish channel name was malformatted")
-            )
-            return
-        assert isinstance(request, dict)
-        data = request.get("data")
-        ack: Any = MISSING
+            return None
         chain = server.middleware.chain(Hook.PUBLISH_IN)
-        if chain:
-            outcome = await self._run_chain(
-                chain,
-                PublishInRequest(
-                    socket=self, channel=channel, data=data, auth_token=self.auth_token,
-                    auth_token_expired=expired, now=server.now(),
-                ),
-            )  # fmt: skip
-            if isinstance(outcome, Blocked):
-                self._respond(cid, error=_block_error(outcome.error))
-                return
-            data = outcome.data
-            if outcome.ack_data is not UNCHANGED:
-                ack = outcome.ack_data
+        if not chain:
+            self._publish(event, event.data, MISSING)
+            return None
+        outcome = start_chain(
+            chain,
+            PublishInRequest(
+                socket=self, channel=event.channel, data=event.data, auth_token=self.auth_token,
+                auth_token_expired=expired, now=server.now(),
+            ),
+        )  # fmt: skip
+        if isinstance(outcome, Pending):
+            return self._publish_when_allowed(outcome, event)
+        self._publish_outcome(outcome, event)
+        return None
+
+    async def _publish_when_allowed(self, pending: Pending, event: Publish) -> None:
+        self._publish_outcome(await pending.resume(), event)
+
+    def _publish_outcome(self, outcome: Allowed | Blocked, event: Publish) -> None:
+        if isinstance(outcome, Blocked):
+            _logged(outcome)
+            self._respond(event.cid, error=_block_error(outcome.error))
+            return
+        assert isinstance(outcome, Allowed)
+        ack = MISSING if outcome.ack_data is UNCHANGED else outcome.ack_data
+        self._publish(event, outcome.data, ack)
+
+    def _publish(self, event: Publish, data: Any, ack: Any) -> None:
         try:
-            server.broker.publish(channel, data)
+            self.server.broker.publish(event.channel, data)
         except errors.BrokerError as exc:
-            self._respond(cid, error=exc)
+            self._respond(event.cid, error=exc)
             return
         except TypeError:
-            self._respond(cid, error=errors.InvalidArgumentsError("Publish data has no JSON form"))
+            self._respond(
+                event.cid, error=errors.InvalidArgumentsError("Publish data has no JSON form")
+            )
             return
-        self._respond(cid, data=ack)
+        self._respond(event.cid, data=ack)
