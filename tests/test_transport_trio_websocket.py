@@ -96,7 +96,8 @@ async def test_messages_both_ways_and_request() -> None:
             try:
                 while True:
                     for m in await t.receive():
-                        t.send(OutboundMessage(("echo:" + m).encode()))
+                        text = m if isinstance(m, str) else "bytes:" + m.decode()
+                        t.send(OutboundMessage(("echo:" + text).encode()))
                         if m == "prio":
                             t.send(OutboundMessage(b"data"))
                             t.send_priority(OutboundMessage(b"#1"))
@@ -110,7 +111,7 @@ async def test_messages_both_ways_and_request() -> None:
                 await ws.send_message("héllo")
                 assert await ws.get_message() == "echo:héllo"
                 await ws.send_message(b'{"event":"x"}')
-                assert await ws.get_message() == 'echo:{"event":"x"}'
+                assert await ws.get_message() == 'echo:bytes:{"event":"x"}'
                 await ws.send_message("prio")
                 got = [await ws.get_message() for _ in range(3)]
                 # The priority message overtakes queued data (if still queued).
@@ -190,7 +191,10 @@ async def test_rejection_via_check_and_path() -> None:
                 401,
                 b"blocked by middleware",
             )
-            assert await raw_upgrade(port, "/elsewhere/") == (400, b"Bad Request")
+            assert await raw_upgrade(port, "/elsewhere/") == (
+                400,
+                b"Not a SocketCluster endpoint: connect to /socketcluster/",
+            )
 
 
 async def test_check_exception_is_500() -> None:
@@ -202,7 +206,10 @@ async def test_check_exception_is_500() -> None:
 
     with trio.fail_after(10):
         async with websocket_server(handler) as port:
-            assert (await raw_upgrade(port, "/socketcluster/"))[0] == 500
+            assert await raw_upgrade(port, "/socketcluster/") == (
+                500,
+                b"Server Error: see the server log",
+            )
 
 
 async def test_overflow_closes_4100_and_bounds_memory() -> None:
@@ -237,7 +244,7 @@ async def test_overflow_closes_4100_and_bounds_memory() -> None:
 
 
 async def test_cancelled_receive_leaves_transport_usable() -> None:
-    got: list[list[str]] = []
+    got: list[list[str | bytes]] = []
     closed: list[TransportClosed] = []
     waiting = trio.Event()
     received = trio.Event()
@@ -268,21 +275,22 @@ async def test_cancelled_receive_leaves_transport_usable() -> None:
     assert closed[0].code == 1000
 
 
-async def test_invalid_utf8_binary_closes_1007() -> None:
-    caught: list[TransportClosed] = []
+async def test_binary_messages_arrive_as_bytes() -> None:
+    """Binary is never decoded here: non-UTF-8 bytes arrive as they are, the socket stays."""
+    got: list[str | bytes] = []
 
     async def handler(request: WebSocketRequest) -> None:
         t = await accept_trio_websocket(request)
         assert t is not None
-        try:
-            await t.receive()
-        except TransportClosed as exc:
-            caught.append(exc)
+        while len(got) < 2:
+            got.extend(await t.receive())
+        await t.close(1000)
 
     with trio.fail_after(10):
         async with websocket_server(handler) as port, client(port) as ws:
             await ws.send_message(b"\xff\xfe")
+            await ws.send_message("after")
             with pytest.raises(ConnectionClosed) as info:
                 await ws.get_message()
-            assert info.value.reason is not None and info.value.reason.code == 1007
-    assert caught[0].code == 1007
+            assert info.value.reason is not None and info.value.reason.code == 1000
+    assert got == [b"\xff\xfe", "after"]

@@ -31,6 +31,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from trio_socketcluster.transport._common import OPEN, ClosedBy, CloseState, State
 from trio_socketcluster.transport.base import (
     SLOW_CONSUMER_CLOSE_CODE,
     HandshakeRequest,
@@ -200,8 +201,23 @@ async def test_wrong_path_is_400(target: str) -> None:
             ev = await client.handshake(target)
             assert isinstance(ev, RejectConnection)
             assert ev.status_code == 400
-            assert await client.reject_body() == b"Bad Request"
+            assert await client.reject_body() == (
+                b"Not a SocketCluster endpoint: connect to /socketcluster/"
+            )
         assert result == [None]
+
+
+async def test_wrong_path_names_the_configured_path() -> None:
+    with trio.fail_after(5):
+        response, result = await raw_exchange(
+            b"GET /socketcluster/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n",
+            path="/ws/",
+        )
+    assert result is None
+    assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert response.endswith(b"\r\n\r\nNot a SocketCluster endpoint: connect to /ws/")
 
 
 async def test_check_rejection_status_and_body() -> None:
@@ -235,6 +251,7 @@ async def test_check_exception_is_500_and_none() -> None:
         )
         response, result = await raw_exchange(request, check=check)
     assert response.startswith(b"HTTP/1.1 500 ")
+    assert response.endswith(b"\r\n\r\nServer Error: see the server log")
     assert result is None
 
 
@@ -261,28 +278,55 @@ async def test_plain_get_default_426() -> None:
         response, result = await raw_exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert result is None
     assert response.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
-    assert response.endswith(b"Upgrade Required")
+    assert b"\r\nUpgrade: websocket\r\n" in response
+    assert response.endswith(b"\r\n\r\nUpgrade Required: this is a WebSocket endpoint")
+
+
+_UPGRADE_HEAD = (
+    b"GET /socketcluster/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
 
 
 @pytest.mark.parametrize(
-    "request_bytes",
+    ("request_bytes", "status", "body"),
     [
-        b"NONSENSE\r\n\r\n",
-        b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
-        # an upgrade with a bad key
-        b"GET /socketcluster/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        # an upgrade with a bad version
-        b"GET /socketcluster/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 8\r\n\r\n",
+        (b"NONSENSE\r\n\r\n", b"400 Bad Request", b"Bad Request: malformed HTTP request"),
+        (
+            b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+            b"400 Bad Request",
+            b"Bad Request: malformed HTTP request",
+        ),
+        (
+            _UPGRADE_HEAD.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short"),
+            b"400 Bad Request",
+            b"Bad Request: Sec-WebSocket-Key must be 16 bytes in base64",
+        ),
+        (
+            _UPGRADE_HEAD.replace(b"Version: 13", b"Version: 8"),
+            b"400 Bad Request",
+            b"Bad Request: Sec-WebSocket-Version must be 13",
+        ),
+        (
+            _UPGRADE_HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"),
+            b"400 Bad Request",
+            b"Bad Request: a WebSocket upgrade needs HTTP/1.1",
+        ),
+        (
+            _UPGRADE_HEAD.replace(b"GET", b"PUT"),
+            b"405 Method Not Allowed",
+            b"Method Not Allowed: a WebSocket upgrade is a GET request",
+        ),
     ],
 )
-async def test_malformed_http_is_400(request_bytes: bytes) -> None:
+async def test_every_refusal_says_why(request_bytes: bytes, status: bytes, body: bytes) -> None:
     with trio.fail_after(5):
         response, result = await raw_exchange(request_bytes)
     assert result is None
-    assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert response.startswith(b"HTTP/1.1 " + status + b"\r\n")
+    assert b"\r\nContent-Type: text/plain; charset=utf-8\r\n" in response
+    assert response.endswith(b"\r\n\r\n" + body)
 
 
 async def test_eof_before_request_returns_none() -> None:
@@ -338,9 +382,11 @@ async def test_text_and_binary_messages() -> None:
             await client.send(TextMessage(data="héllo"))
             assert await t.receive() == ["héllo"]
             await client.send(BytesMessage(data=b'{"event":"x"}'))
-            assert await t.receive() == ['{"event":"x"}']
+            assert await t.receive() == [b'{"event":"x"}']
             await client.send(TextMessage(data=""))
             assert await t.receive() == [""]
+            await client.send(BytesMessage(data=b""))
+            assert await t.receive() == [b""]
 
 
 async def test_several_messages_in_one_read_arrive_together() -> None:
@@ -349,13 +395,13 @@ async def test_several_messages_in_one_read_arrive_together() -> None:
             await client.send(
                 TextMessage(data="a"), BytesMessage(data=b"b"), TextMessage(data="c" * 70000)
             )
-            got: list[str] = []
+            got: list[str | bytes] = []
             first = await t.receive()
             got += first
             while len(got) < 3:
                 got += await t.receive()
-            assert first[:2] == ["a", "b"]
-            assert got == ["a", "b", "c" * 70000]
+            assert first[:2] == ["a", b"b"]
+            assert got == ["a", b"b", "c" * 70000]
             # Small messages in one write always come back in one list.
             await client.send(*(TextMessage(data=str(i)) for i in range(100)))
             assert await t.receive() == [str(i) for i in range(100)]
@@ -365,7 +411,7 @@ async def test_fragmented_message_reassembled_with_ping_between() -> None:
     with trio.fail_after(5):
         async with connected() as (t, client), trio.open_nursery() as nursery:
             nursery.start_soon(t.run_writer)
-            got: list[str] = []
+            got: list[str | bytes] = []
 
             async def reader() -> None:
                 while len(got) < 2:
@@ -386,7 +432,7 @@ async def test_fragmented_message_reassembled_with_ping_between() -> None:
                 BytesMessage(data="\u00e9}".encode()[1:], message_finished=True),
             )
             await trio.testing.wait_all_tasks_blocked()
-            assert got == ["hello wörld", "{\u00e9}"]
+            assert got == ["hello wörld", "{\u00e9}".encode()]
             nursery.cancel_scope.cancel()
 
 
@@ -453,15 +499,36 @@ async def test_multibyte_text_counts_bytes() -> None:
             assert info.value.code == 1009
 
 
-@pytest.mark.parametrize("opcode", [0x1, 0x2])
-async def test_invalid_utf8_closes_1007(opcode: int) -> None:
+@pytest.mark.parametrize("fragmented", [False, True])
+async def test_invalid_utf8_text_closes_1007(fragmented: bool) -> None:
     with trio.fail_after(5):
         async with connected() as (t, client):
-            await client.stream.send_all(masked_frame(opcode, b"ok\xff\xfe"))
+            if fragmented:
+                frames = masked_frame(0x1, b"ok\xc3", fin=False) + masked_frame(0x0, b"\xfe")
+            else:
+                frames = masked_frame(0x1, b"ok\xff\xfe")
+            await client.stream.send_all(frames)
             with pytest.raises(TransportClosed) as info:
                 await t.receive()
             assert info.value.code == 1007
             await expect_close(client, 1007)
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+async def test_binary_is_never_decoded(fragmented: bool) -> None:
+    """Non-UTF-8 bytes in a binary message reach the core as they are; the socket stays."""
+    with trio.fail_after(5):
+        async with connected() as (t, client):
+            if fragmented:
+                frames = masked_frame(0x2, b"ok\xff", fin=False) + masked_frame(0x0, b"\xfe")
+            else:
+                frames = masked_frame(0x2, b"ok\xff\xfe")
+            await client.stream.send_all(frames + masked_frame(0x1, b"after"))
+            got: list[str | bytes] = []
+            while len(got) < 2:
+                got += await t.receive()
+            assert got == [b"ok\xff\xfe", "after"]
+            assert not t.closed
 
 
 @pytest.mark.parametrize(
@@ -489,9 +556,7 @@ async def test_protocol_errors_close_1002(frame: bytes) -> None:
 async def test_messages_before_an_error_are_delivered() -> None:
     with trio.fail_after(5):
         async with connected() as (t, client):
-            await client.stream.send_all(
-                masked_frame(0x1, b"first") + masked_frame(0x1, b"\xff")
-            )
+            await client.stream.send_all(masked_frame(0x1, b"first") + masked_frame(0x1, b"\xff"))
             assert await t.receive() == ["first"]
             with pytest.raises(TransportClosed) as info:
                 await t.receive()
@@ -659,10 +724,13 @@ async def test_slow_consumer_closed_4100_memory_bounded(
 ) -> None:
     with trio.fail_after(50):
         client_stream, server_stream = trio.testing.lockstep_stream_pair()
-        async with connected((client_stream, server_stream), max_buffer_bytes=10_000) as (
-            t,
-            _client,
-        ), trio.open_nursery() as nursery:
+        async with (
+            connected((client_stream, server_stream), max_buffer_bytes=10_000) as (
+                t,
+                _client,
+            ),
+            trio.open_nursery() as nursery,
+        ):
             nursery.start_soon(t.run_writer)
             msg = OutboundMessage(b"x" * 1000)
             for _ in range(9):
@@ -686,10 +754,13 @@ async def test_slow_consumer_closed_4100_memory_bounded(
 async def test_slow_consumer_that_resumes_reading_sees_4100() -> None:
     with trio.fail_after(5):
         client_stream, server_stream = trio.testing.lockstep_stream_pair()
-        async with connected((client_stream, server_stream), max_buffer_bytes=5_000) as (
-            t,
-            client,
-        ), trio.open_nursery() as nursery:
+        async with (
+            connected((client_stream, server_stream), max_buffer_bytes=5_000) as (
+                t,
+                client,
+            ),
+            trio.open_nursery() as nursery,
+        ):
             nursery.start_soon(t.run_writer)
             msg = OutboundMessage(b"y" * 1000)
             for _ in range(20):
@@ -709,10 +780,13 @@ async def test_slow_consumer_over_tcp() -> None:
         port = listeners[0].socket.getsockname()[1]
         client_stream = await trio.open_tcp_stream("127.0.0.1", port)
         server_stream = await listeners[0].accept()
-        async with connected((client_stream, server_stream), max_buffer_bytes=2**20) as (
-            t,
-            _client,
-        ), trio.open_nursery() as nursery:
+        async with (
+            connected((client_stream, server_stream), max_buffer_bytes=2**20) as (
+                t,
+                _client,
+            ),
+            trio.open_nursery() as nursery,
+        ):
             nursery.start_soon(t.run_writer)
             msg = OutboundMessage(b"z" * 65536)
             while not t.closed:
@@ -826,6 +900,7 @@ async def test_echo_over_tcp() -> None:
                 try:
                     while True:
                         for m in await t.receive():
+                            assert isinstance(m, str)
                             t.send(OutboundMessage(m.encode()))
                         await t.flush()
                 except TransportClosed as exc:
@@ -847,3 +922,58 @@ async def test_echo_over_tcp() -> None:
             await expect_close(client, 1000)
             await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- the close state
+
+
+def test_close_state_first_decision_stands() -> None:
+    s = OPEN.closing(4001, "bye", ClosedBy.LOCAL)
+    assert (s.state, s.code, s.reason, s.by) == (State.CLOSING, 4001, "bye", ClosedBy.LOCAL)
+    assert s.closed() == CloseState(State.CLOSED, 4001, "bye", ClosedBy.LOCAL)
+    assert s.closed_with(1000, "", ClosedBy.PEER) == s.closed()
+    assert OPEN.closed() == CloseState(State.CLOSED, 1006, "", ClosedBy.NETWORK)
+    assert OPEN.closed_with(1001, "away", ClosedBy.PEER).by is ClosedBy.PEER
+    assert OPEN.code is None and OPEN.exception().code == 1006
+    with pytest.raises(AssertionError):
+        s.closing(1000, "", ClosedBy.LOCAL)  # only an open transport starts closing
+
+
+async def _closed_by(t: WsprotoTransport) -> CloseState:
+    with pytest.raises(TransportClosed) as info:
+        while True:
+            await t.receive()
+    state = t.close_state
+    assert state.state is State.CLOSED
+    assert (info.value.code, info.value.reason) == (state.code, state.reason)
+    return state
+
+
+async def test_who_closed() -> None:
+    with trio.fail_after(5):
+        async with connected() as (t, client):
+            assert t.close_state is OPEN
+            await client.send(CloseConnection(code=4321, reason="bye"))
+            assert (await _closed_by(t)).by is ClosedBy.PEER
+        async with connected() as (t, client):
+            await client.stream.send_all(masked_frame(0x1, b"\xff"))
+            state = await _closed_by(t)
+            assert (state.code, state.by) == (1007, ClosedBy.PROTOCOL)
+        async with connected() as (t, client):
+            await client.stream.aclose()
+            state = await _closed_by(t)
+            assert (state.code, state.by) == (1006, ClosedBy.NETWORK)
+        async with connected() as (t, client):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(t.close, 4001, "done")
+                await expect_close(client, 4001)
+                await client.send(CloseConnection(code=4001))
+            state = await _closed_by(t)
+            assert (state.code, state.reason, state.by) == (4001, "done", ClosedBy.LOCAL)
+        async with connected(max_buffer_bytes=100) as (t, client):
+            t.send(OutboundMessage(b"x" * 101))
+            assert t.close_state.state is State.CLOSING
+            await t.flush()  # the close frame, then the stream is closed
+            await expect_close(client, SLOW_CONSUMER_CLOSE_CODE)
+            state = await _closed_by(t)
+            assert (state.code, state.by) == (SLOW_CONSUMER_CLOSE_CODE, ClosedBy.OVERFLOW)

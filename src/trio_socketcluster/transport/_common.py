@@ -1,17 +1,23 @@
 """What both transports (``transport.ws`` and ``transport.trio_websocket``) share: the close
-state, the wire rules for close codes and reasons, and the writer around an outbound queue.
+state, and the writer around an outbound queue.
 
-``OutboundTransport`` owns the fields that are the same in both: ``_state`` (OPEN → CLOSING →
-CLOSED) and ``_close`` (the first ``TransportClosed`` decided, ours or the peer's), the writer
-flags (one flush at a time: ``_sending``; ``_wake`` for ``run_writer``; ``_idle`` for ``_drain``)
-and the overflow bookkeeping (the write in flight gets ``close_timeout_s``, then the stream is
-closed). What is queued, and how it is written, is the subclass's: it implements ``flush`` and
-``_queued`` and keeps its own ``send`` (the hot path) inline.
+The close state is one field, ``_close``: a frozen ``CloseState`` holding the phase
+(``State``: OPEN → CLOSING → CLOSED) and, once closing has begun, the close decided (code,
+reason, and who decided it: ``ClosedBy``) that ``receive`` reports. The first decision stands:
+later transitions change the phase only. Every test of it compares enums.
+
+``OutboundTransport`` owns that field, the writer flags (one flush at a time: ``_sending``;
+``_wake`` for ``run_writer``; ``_idle`` for ``_drain``) and the overflow bookkeeping (the
+write in flight gets ``close_timeout_s``, then the stream is closed). What is queued, and how
+it is written, is the subclass's: it implements ``flush`` and ``_queued`` and keeps its own
+``send`` (the hot path) inline. The wire rules for close codes and reasons are
+``protocol.rules``'.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
 
 import trio
@@ -37,6 +43,56 @@ class State(Enum):
     """A close is queued or sent (ours or our echo); sends are ignored."""
     CLOSED = "closed"
     """The stream is closed."""
+
+
+class ClosedBy(Enum):
+    """Who decided the close that ``receive`` reports."""
+
+    LOCAL = "local"
+    """Our ``close``: the core or the application."""
+    OVERFLOW = "overflow"
+    """Our 4100: the peer stopped reading and the outbound buffer overflowed."""
+    PEER = "peer"
+    """The peer's close frame."""
+    PROTOCOL = "protocol"
+    """The peer broke the protocol and we failed the connection (1002, 1007, 1009)."""
+    NETWORK = "network"
+    """No close frame: the stream ended or broke, or ``aclose`` (1006)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseState:
+    """The close state of a transport: its phase and the close decided (``None`` while open)."""
+
+    state: State
+    code: int | None = None
+    reason: str = ""
+    by: ClosedBy | None = None
+
+    def closing(self, code: int, reason: str, by: ClosedBy) -> CloseState:
+        """OPEN → CLOSING, deciding the close (only while open)."""
+        assert self.state is State.OPEN, self
+        return CloseState(State.CLOSING, code, reason, by)
+
+    def closed(self) -> CloseState:
+        """→ CLOSED; the close decided earlier stands, else 1006 (no close frame)."""
+        if self.by is None:
+            return CloseState(State.CLOSED, 1006, "", ClosedBy.NETWORK)
+        return CloseState(State.CLOSED, self.code, self.reason, self.by)
+
+    def closed_with(self, code: int, reason: str, by: ClosedBy) -> CloseState:
+        """→ CLOSED, deciding ``code``/``reason`` unless a close was decided before."""
+        if self.by is None:
+            return CloseState(State.CLOSED, code, reason, by)
+        return self.closed()
+
+    def exception(self) -> TransportClosed:
+        """What ``receive`` raises in this state (1006 if nothing was decided)."""
+        return TransportClosed(1006 if self.code is None else self.code, self.reason)
+
+
+#: The close state of every open transport (shared: it carries no decision).
+OPEN = CloseState(State.OPEN)
 
 
 class Wakeup:
@@ -80,7 +136,6 @@ class OutboundTransport:
     """The close state and the writer of a transport (see the module docstring)."""
 
     __slots__ = (
-        "_abort_after_flush",
         "_close",
         "_close_timeout_s",
         "_idle",
@@ -89,7 +144,6 @@ class OutboundTransport:
         "_send_deadline",
         "_send_scope",
         "_sending",
-        "_state",
         "_wake",
     )
 
@@ -99,12 +153,10 @@ class OutboundTransport:
         self._request = request
         self._max_buffer_bytes = max_buffer_bytes
         self._close_timeout_s = close_timeout_s
-        self._state = State.OPEN
-        self._close: TransportClosed | None = None
+        self._close = OPEN
         self._sending = False
         self._send_deadline = math.inf
         self._send_scope: trio.CancelScope | None = None
-        self._abort_after_flush = False
         self._wake = Wakeup()
         self._idle = _NO_WAITERS  # see _NO_WAITERS
 
@@ -114,14 +166,19 @@ class OutboundTransport:
         return self._request
 
     @property
+    def close_state(self) -> CloseState:
+        """The phase and the close decided (see the module docstring)."""
+        return self._close
+
+    @property
     def closed(self) -> bool:
         """True once closing has begun (by either side): sends are ignored from then on."""
-        return self._state is not State.OPEN
+        return self._close.state is not State.OPEN
 
     @property
     def close_code(self) -> int | None:
         """The close code ``receive`` reports (``None`` while open)."""
-        return None if self._close is None else self._close.code
+        return self._close.code
 
     def _queued(self) -> bool:
         """True while anything is queued and not yet handed to the stream."""
@@ -135,13 +192,13 @@ class OutboundTransport:
 
         Cancellation leaves the transport as ``flush`` documents.
         """
-        while self._state is not State.CLOSED:
+        while self._close.state is not State.CLOSED:
             await self._wake.wait()
             await self.flush()
 
     async def _drain(self) -> None:
         """Wait until everything queued is written (or the stream is closed)."""
-        while (self._queued() or self._sending) and self._state is not State.CLOSED:
+        while (self._queued() or self._sending) and self._close.state is not State.CLOSED:
             if self._sending:
                 if self._idle is _NO_WAITERS:
                     self._idle = trio.lowlevel.ParkingLot()
@@ -152,18 +209,15 @@ class OutboundTransport:
     def _slow_consumer(self) -> None:
         """The overflow policy, once the subclass has dropped its normal queue: close 4100,
         ignore later sends, give the write in flight ``close_timeout_s``, then abort."""
-        self._set_close(SLOW_CONSUMER_CLOSE_CODE, "Slow consumer")
-        self._state = State.CLOSING
-        self._abort_after_flush = True
+        self._close = self._close.closing(
+            SLOW_CONSUMER_CLOSE_CODE, "Slow consumer", ClosedBy.OVERFLOW
+        )
         self._send_deadline = trio.current_time() + self._close_timeout_s
         if self._send_scope is not None:
             self._send_scope.deadline = self._send_deadline
         self._wake.set()
 
-    def _set_close(self, code: int, reason: str) -> None:
-        if self._close is None:
-            self._close = TransportClosed(code, reason)
-
-    def _closed_exc(self) -> TransportClosed:
-        c = self._close
-        return TransportClosed(1006) if c is None else TransportClosed(c.code, c.reason)
+    @property
+    def _abort_after_flush(self) -> bool:
+        """After an overflow, the stream is closed once the write in flight ends."""
+        return self._close.by is ClosedBy.OVERFLOW

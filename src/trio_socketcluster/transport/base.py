@@ -2,9 +2,10 @@
 
 The core never touches wsproto or trio-websocket: it sees a ``Transport`` that
 
-* yields every inbound *message* (text; binary frames are decoded as UTF-8, as the reference
-  servers do) that one read from the network produced, as a list (``receive``), so the core
-  dispatches a whole read without a task switch per message;
+* yields every inbound *message* that one read from the network produced, as a list
+  (``receive``), so the core dispatches a whole read without a task switch per message: a
+  text frame as ``str``, a binary frame as ``bytes`` (never decoded or refused here: what
+  binary means is the protocol layer's business);
 * takes outbound messages without blocking (``send``/``send_priority``) into one bounded
   per-socket buffer, flushed by a single ``send_all`` either by the caller (``flush``, used
   by the reader once it has dispatched a read) or by the transport's writer task
@@ -137,12 +138,13 @@ class Transport(Protocol):
         """Bytes waiting in the outbound buffer."""
         ...
 
-    async def receive(self) -> list[str]:
-        """Every complete message that the next read produced (at least one).
+    async def receive(self) -> list[str | bytes]:
+        """Every complete message that the next read produced (at least one): text as
+        ``str``, binary as ``bytes``.
 
         Raises ``TransportClosed`` once the connection is closed (by the peer, by ``close``, by
-        a protocol error such as an oversized message (1009) or invalid UTF-8 (1007), or by an
-        outbound overflow (4100)). Cancellation leaves the transport usable.
+        a protocol error such as an oversized message (1009) or invalid UTF-8 in a text frame
+        (1007), or by an outbound overflow (4100)). Cancellation leaves the transport usable.
         """
         ...
 

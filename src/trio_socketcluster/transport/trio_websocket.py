@@ -6,11 +6,12 @@ to SocketCluster. ``accept_trio_websocket`` turns a ``WebSocketRequest`` into a
 adapts the accepted ``WebSocketConnection``:
 
 * ``receive`` returns one message per call (trio-websocket's reader task already split
-  them); binary messages are decoded as UTF-8 (invalid: close 1007).
+  them): text as ``str``, binary as ``bytes`` (never decoded here).
 * ``send``/``send_priority`` queue messages in two deques (priority first), bounded by
   ``max_buffer_bytes`` counted in payload bytes, with the overflow policy of
   ``transport.base`` (drop, close 4100 "Slow consumer", ignore later sends). ``flush`` and
   ``run_writer`` write them one ``send_message`` at a time; one writer at a time.
+* the close state is ``_common``'s one field (``_close``), as in ``transport.ws``;
 * trio-websocket's exceptions (``ConnectionClosed``, handshake errors, stream errors,
   exception groups without ``Cancelled``) never leave this module: the core only sees
   ``TransportClosed``.
@@ -34,8 +35,9 @@ from trio_websocket import (
     WebSocketRequest,
 )
 
-from ._common import OutboundTransport, State, sendable_code, truncate_reason
+from ._common import ClosedBy, OutboundTransport, State, sendable_code, truncate_reason
 from .base import HandshakeRequest, OutboundMessage, UpgradeCheck
+from .frames import Message
 
 __all__ = ["TrioWebsocketTransport", "accept_trio_websocket"]
 
@@ -48,6 +50,9 @@ _ERRORS: tuple[type[Exception], ...] = (
     trio.ClosedResourceError,
     OSError,
 )
+
+
+_TEXT_PLAIN = (b"Content-Type", b"text/plain; charset=utf-8")
 
 
 def _reraise_cancelled(group: BaseExceptionGroup[Any]) -> None:
@@ -89,7 +94,8 @@ async def accept_trio_websocket(
 ) -> TrioWebsocketTransport | None:
     """Accept ``request`` as a SocketCluster connection, or reject it and return ``None``.
 
-    ``path`` (when given) must equal the request path before ``?`` (else 400 "Bad Request");
+    ``path`` (when given) must equal the request path before ``?`` (else 400, with a body
+    naming ``path``);
     then ``check`` may return a ``Rejection`` (its status, headers and body are sent). An
     exception from ``check`` is logged and answered with 500. Nothing but ``Cancelled`` is
     raised; cancellation leaves the request to trio-websocket (which closes the stream).
@@ -97,19 +103,22 @@ async def accept_trio_websocket(
     req = _handshake_request(request)
     try:
         if path is not None and req.path != path:
-            await request.reject(400, body=b"Bad Request")
+            body = f"Not a SocketCluster endpoint: connect to {path}".encode()
+            await request.reject(400, extra_headers=[_TEXT_PLAIN], body=body)
             return None
         if check is not None:
             try:
                 rejection = await check(req)
             except Exception:
                 _log.exception("upgrade check failed")
-                await request.reject(500, body=b"Server Error")
+                await request.reject(
+                    500, extra_headers=[_TEXT_PLAIN], body=b"Server Error: see the server log"
+                )
                 return None
             if rejection is not None:
                 headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in rejection.headers]
                 if not any(k.lower() == b"content-type" for k, _ in headers):
-                    headers.append((b"Content-Type", b"text/plain; charset=utf-8"))
+                    headers.append(_TEXT_PLAIN)
                 await request.reject(
                     rejection.status, extra_headers=headers, body=rejection.body.encode("utf-8")
                 )
@@ -153,44 +162,36 @@ class TrioWebsocketTransport(OutboundTransport):
 
     # ----------------------------------------------------------------- receiving
 
-    async def receive(self) -> list[str]:
-        """The next message, as a one-element list. Raises ``TransportClosed`` once closed.
+    async def receive(self) -> list[Message]:
+        """The next message (text as ``str``, binary as ``bytes``), as a one-element list.
+        Raises ``TransportClosed`` once closed.
 
         Cancellation leaves the transport usable (trio-websocket's queue keeps the message).
         """
         while True:
-            if self._state is State.CLOSED:
-                raise self._closed_exc()
+            if self._close.state is State.CLOSED:
+                raise self._close.exception()
             try:
                 message = await self._ws.get_message()
             except ConnectionClosed as exc:
                 self._on_ws_closed(exc.reason)
-                raise self._closed_exc() from None
+                raise self._close.exception() from None
             except Exception:  # stream errors, trio-websocket internals
-                self._set_close(1006, "")
                 await self._finish()
-                raise self._closed_exc() from None
+                raise self._close.exception() from None
             except BaseExceptionGroup as group:
                 _reraise_cancelled(group)
-                self._set_close(1006, "")
                 await self._finish()
-                raise self._closed_exc() from None
-            if isinstance(message, bytes | bytearray):
-                try:
-                    message = message.decode("utf-8")
-                except UnicodeDecodeError:
-                    await self.close(1007, "Invalid UTF-8")
-                    raise self._closed_exc() from None
-            if self._state is State.OPEN:
+                raise self._close.exception() from None
+            if self._close.state is State.OPEN:
                 return [message]
 
     def _on_ws_closed(self, reason: CloseReason | None) -> None:
         if reason is None:
-            self._set_close(1006, "")
+            self._close = self._close.closed()
         else:
-            code = reason.code
-            self._set_close(1005 if code is None else code, reason.reason or "")
-        self._state = State.CLOSED
+            code = 1005 if reason.code is None else reason.code
+            self._close = self._close.closed_with(code, reason.reason or "", ClosedBy.PEER)
         self._prio.clear()
         self._queue.clear()
         self._bytes = 0
@@ -208,7 +209,7 @@ class TrioWebsocketTransport(OutboundTransport):
         self._enqueue(self._prio, message)
 
     def _enqueue(self, queue: deque[OutboundMessage], message: OutboundMessage) -> None:
-        if self._state is not State.OPEN:
+        if self._close.state is not State.OPEN:
             return
         n = len(message.payload)
         if self._bytes + n > self._max_buffer_bytes:
@@ -229,7 +230,7 @@ class TrioWebsocketTransport(OutboundTransport):
 
         Never raises except ``Cancelled``; a failed write closes the transport (1006).
         """
-        if self._sending or self._state is State.CLOSED:
+        if self._sending or self._close.state is State.CLOSED:
             return
         self._sending = True
         ok = False
@@ -253,10 +254,7 @@ class TrioWebsocketTransport(OutboundTransport):
             self._sending = False
             self._send_scope = None
             self._idle.unpark_all()
-        if self._abort_after_flush:
-            await self._finish()
-        elif not ok:
-            self._set_close(1006, "")
+        if self._abort_after_flush or not ok:
             await self._finish()
 
     # ----------------------------------------------------------------- closing
@@ -266,19 +264,17 @@ class TrioWebsocketTransport(OutboundTransport):
         1000, the reason is cut to 123 bytes); waits at most ``close_timeout_s`` (2 s) for the
         queue and again for the closing handshake. Idempotent. Cancellation closes the stream.
         """
-        if self._state is State.OPEN:
+        if self._close.state is State.OPEN:
             code = sendable_code(code)
             reason = truncate_reason(reason)
-            self._set_close(code, reason)
-            self._state = State.CLOSING
+            self._close = self._close.closing(code, reason, ClosedBy.LOCAL)
             with trio.move_on_after(self._close_timeout_s):
                 await self._drain()
         await self._finish()
 
     async def aclose(self) -> None:
         """Close the stream at once, without a closing handshake. Idempotent."""
-        self._set_close(1006, "")
-        self._state = State.CLOSED
+        self._close = self._close.closed()
         try:
             await trio.aclose_forcefully(self._ws)
         except Exception:
@@ -289,14 +285,13 @@ class TrioWebsocketTransport(OutboundTransport):
 
     async def _finish(self) -> None:
         """Run trio-websocket's closing handshake with our close code, bounded in time."""
-        if self._state is State.CLOSED:
+        if self._close.state is State.CLOSED:
             await self._ws_closed.wait()
             return
-        self._state = State.CLOSED
-        self._set_close(1006, "")
-        assert self._close is not None
-        code = sendable_code(self._close.code)
-        reason = truncate_reason(self._close.reason) or None
+        close = self._close = self._close.closed()
+        assert close.code is not None
+        code = sendable_code(close.code)
+        reason = truncate_reason(close.reason) or None
         self._prio.clear()
         self._queue.clear()
         self._bytes = 0
