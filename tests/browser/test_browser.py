@@ -105,7 +105,8 @@ class ChatServer:
             self.proc = subprocess.Popen(
                 cmd, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
-        # The CLI announces itself before it listens: wait until the port accepts.
+        # The CLI prints its serving line once the port is bound, but that line goes to the
+        # shared log file here: wait until the port accepts instead.
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
