@@ -242,7 +242,7 @@ class ChannelHistory:
         self.epoch = epoch
         self.latest = 0  #: the offset of the last publication (0: none yet)
         self._last_time = now  #: last append, or creation
-        self._entries: deque[tuple[int, float, Any]] = deque(maxlen=policy.size)
+        self._entries: deque[tuple[float, Publication]] = deque(maxlen=policy.size)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -252,16 +252,17 @@ class ChannelHistory:
         now = max(now, self._last_time)
         self._last_time = now
         self.latest += 1
-        self._entries.append((self.latest, now, data))  # the deque drops the oldest at size
+        pub = Publication(self.latest, self.epoch, data)
+        self._entries.append((now, pub))  # the deque drops the oldest at size
         self.trim(now)
-        return Publication(self.latest, self.epoch, data)
+        return pub
 
     def trim(self, now: float) -> int:
         """Drop publications older than ``ttl_s``; how many were dropped."""
         cutoff = now - self.policy.ttl_s
         entries = self._entries
         dropped = 0
-        while entries and entries[0][1] <= cutoff:
+        while entries and entries[0][0] <= cutoff:
             entries.popleft()
             dropped += 1
         return dropped
@@ -283,12 +284,11 @@ class ChannelHistory:
         if missed > len(entries):
             return Recovery(False, latest, self.epoch)
         first = entries[-missed]  # offsets are contiguous: this one is offset + 1
-        if first[1] <= now - self.policy.ttl_s:
+        if first[0] <= now - self.policy.ttl_s:
             return Recovery(False, latest, self.epoch)
-        epoch = self.epoch
-        pubs = [Publication(off, epoch, data) for off, _, data in islice(reversed(entries), missed)]
+        pubs = [pub for _, pub in islice(reversed(entries), missed)]
         pubs.reverse()
-        return Recovery(True, latest, epoch, tuple(pubs))
+        return Recovery(True, latest, self.epoch, tuple(pubs))
 
 
 class MemoryHistory:
