@@ -1,8 +1,10 @@
-"""The public API (``trio_socketcluster.__all__``) and the layering rule on imports.
+"""The public API (``trio_socketcluster.__all__``) and the layering rules on imports.
 
-The pure layers (``protocol/``, ``auth.py``, ``middleware.py``, ``errors.py``, ``config.py``)
-must not import an event loop, a WebSocket library, sockets, a clock or randomness; the scan
-reads their source (AST), so a lazy import inside a function is caught too.
+The pure layers (``protocol/``, ``auth.py``, ``middleware.py``, ``errors.py``, ``config.py``,
+``ratelimit.py``) must not import an event loop, a WebSocket library, sockets, a clock or
+randomness; the scan reads their source (AST), so a lazy import inside a function is caught
+too. No module of the package may take part in an import circle (lazy and ``TYPE_CHECKING``
+imports count: a circle is a design smell even when Python tolerates it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ PURE_MODULES = sorted(
         PACKAGE / "middleware.py",
         PACKAGE / "errors.py",
         PACKAGE / "config.py",
+        PACKAGE / "ratelimit.py",
     ]
 )
 
@@ -133,3 +136,111 @@ def test_transport_base_is_pure_too() -> None:
     path = PACKAGE / "transport" / "base.py"
     tree = ast.parse(path.read_text(encoding="utf-8"))
     assert not (_imported_roots(tree) & FORBIDDEN)
+
+
+# ------------------------------------------------------------------------------ import circles
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_package(name: str) -> bool:
+    return (PACKAGE.parent.joinpath(*name.split(".")) / "__init__.py").exists()
+
+
+def _is_module(name: str) -> bool:
+    return (
+        _is_package(name) or PACKAGE.parent.joinpath(*name.split(".")).with_suffix(".py").exists()
+    )
+
+
+def _import_targets(path: Path) -> set[str]:
+    """The package's modules that ``path`` names in an import (anywhere in the file). The
+    parent packages that Python also runs on the way are not counted: a package's
+    ``__init__`` importing its own modules is not a circle."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            bases = [alias.name for alias in node.names]
+            names: list[str] = []
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - (node.level - 1)]
+                bases = [".".join([*parts, *([node.module] if node.module else [])])]
+            else:
+                bases = [node.module or ""]
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        for base in bases:
+            if base != "trio_socketcluster" and not base.startswith("trio_socketcluster."):
+                continue
+            submodules = [f"{base}.{n}" for n in names if _is_module(f"{base}.{n}")]
+            targets.update(submodules or [base])
+            if len(submodules) < len(names) and _is_module(base):
+                targets.add(base)  # some names come from the module (or package) itself
+    targets.discard(name)
+    return targets
+
+
+def _import_graph() -> dict[str, set[str]]:
+    return {_module_name(p): _import_targets(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component: list[str] = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_import_scan_sees_the_layers() -> None:
+    graph = _import_graph()
+    assert "trio_socketcluster.protocol.codec" in graph["trio_socketcluster.server.socket"]
+    assert "trio_socketcluster.server.socket" in graph["trio_socketcluster.server.server"]
+    assert "trio_socketcluster.errors" in graph["trio_socketcluster.protocol.events"]
+    assert "trio_socketcluster.server.server" not in graph["trio_socketcluster.server.socket"]
+
+
+def test_the_cycle_finder_finds_a_circle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles() -> None:
+    assert _cycles(_import_graph()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from wsclient import ClientFactory
@@ -278,3 +279,22 @@ async def test_reserved_outbound_event_names_are_refused(connect: ClientFactory)
         await client.invoke("try", name, cid=10 + i)
     assert errors == ["InvalidActionError"] * 3
     assert client.others == [{"event": "fine", "data": 1}]
+
+
+def test_broker_capabilities_are_explicit_protocols() -> None:
+    """The server checks what a broker can do with ``isinstance`` against runtime-checkable
+    protocols: the in-process broker has no background task and no bus; Redis has both."""
+    from trio_socketcluster.brokers.base import DistributedBroker, RunnableBroker
+    from trio_socketcluster.brokers.local import LocalBroker
+
+    local = LocalBroker()
+    assert not isinstance(local, RunnableBroker) and not isinstance(local, DistributedBroker)
+    server = Server(auth_key="k")
+    assert server.distributed_broker is None
+    pytest.importorskip("coredis")
+    from trio_socketcluster.brokers.redis import RedisBroker
+
+    redis = RedisBroker.from_url("redis://127.0.0.1:1/0", cluster_key="k" * 32)
+    assert isinstance(redis, DistributedBroker) and isinstance(redis, RunnableBroker)
+    server.set_broker(redis)
+    assert server.distributed_broker is redis

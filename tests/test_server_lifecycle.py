@@ -367,3 +367,60 @@ async def test_serve_reports_its_listeners_and_accepts_connections() -> None:
             assert json.dumps(client.others) == "[]"
             await client.close()
             nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------- every close has a reason
+
+CLOSE_CASES = {
+    # name: (how the client provokes it, expected code, expected reason)
+    "handshake timeout": (
+        "wait", 4005, "Did not receive #handshake from client before timeout"
+    ),
+    "handshake without cid": (
+        '{"event":"#handshake","data":{}}', 4008, "Handshake request was malformatted"
+    ),
+    "message before the handshake": (
+        '{"event":"echo","cid":1}', 4009, "Server received a message before the client handshake"
+    ),
+    "pong timeout": ("handshake-then-wait", 4001, "Client pong timed out"),
+    "disconnect()": ("bye", 1000, "Socket closed normally"),
+    "disconnect(4500)": ("bye4500", 4500, "Socket closed by the server"),
+    "disconnect(4600, 'gone')": ("bye4600", 4600, "gone"),
+    "shutdown": ("shutdown", 1001, "Server is shutting down"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CLOSE_CASES))
+async def test_every_close_code_we_send_carries_a_reason(
+    autojump_clock: trio.testing.MockClock, case: str
+) -> None:
+    provoke, code, reason = CLOSE_CASES[case]
+    server = make_server(handshake_timeout_s=5, ping_interval_s=5, ping_timeout_s=20)
+    server.add_handler("bye", lambda socket, _d: socket.disconnect())
+    server.add_handler("bye4500", lambda socket, _d: socket.disconnect(4500))
+    server.add_handler("bye4600", lambda socket, _d: socket.disconnect(4600, "gone"))
+    ended: list[tuple[int | None, str | None]] = []
+    server.on("disconnection")(lambda _s, c, r: ended.append((c, r)))
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def run(stream: trio.abc.Stream) -> None:
+            with scope:
+                await server.handle_stream(stream)
+
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        nursery.start_soon(run, server_stream)
+        client = new_client(client_stream)
+        await client.connect()
+        if provoke.startswith("{"):
+            await client.send(provoke)
+        elif provoke != "wait":
+            await client.handshake()
+            if provoke.startswith("bye"):
+                await client.send_json({"event": provoke, "cid": 2})
+            elif provoke == "shutdown":
+                scope.cancel()
+        closed = await client.expect_close()
+    assert (closed.code, closed.reason) == (code, reason)
+    if provoke not in ("wait",) and not provoke.startswith("{"):
+        assert ended == [(code, reason)]  # the listener sees the same

@@ -736,3 +736,62 @@ async def test_publish_out_lambda_returning_a_coroutine_is_awaited(connect: Clie
         "event": "#publish",
         "data": {"channel": "c", "data": "hi!"},
     }
+
+
+# ---------------------------------------------- a mixed chain runs each middleware exactly once
+
+MIXED_HOOKS = [Hook.EMIT, Hook.SUBSCRIBE, Hook.PUBLISH_IN, Hook.PUBLISH_OUT, Hook.AUTHENTICATE]
+
+
+@pytest.mark.parametrize("hook", MIXED_HOOKS, ids=lambda h: h.value)
+async def test_a_plain_then_a_coroutine_returning_middleware_charge_once_per_action(
+    connect: ClientFactory, hook: Hook
+) -> None:
+    """``[plain fn, lambda returning a coroutine]``: the server's drivers (``start_chain``,
+    then ``Pending.resume``) run the plain one once, await the coroutine once."""
+    server = make_server()
+    charged: list[str] = []
+    awaited: list[str] = []
+
+    def plain(request: Any) -> None:
+        charged.append("plain")
+
+    async def later(request: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        awaited.append("async")
+
+    server.add_middleware(hook, plain)
+    server.add_middleware(hook, lambda request: later(request))
+
+    @server.handler("login")
+    async def login(socket: ServerSocket, _data: Any) -> str:
+        return await socket.set_auth_token({"u": 1})
+
+    client = await connect(server)
+    await client.handshake()
+    await client.invoke("#subscribe", "c", cid=2)
+    actions = 1
+    match hook:
+        case Hook.EMIT:
+            assert await client.invoke("echo", 5, cid=3) == {"rid": 3, "data": 5}
+            actions = 2  # the login below is an emit too
+        case Hook.SUBSCRIBE:
+            assert await client.invoke("#subscribe", "d", cid=3) == {"rid": 3}
+            actions = 2  # the first subscribe too
+        case Hook.PUBLISH_IN | Hook.PUBLISH_OUT:
+            assert await client.invoke("#publish", {"channel": "c", "data": 1}, cid=3) == {"rid": 3}
+            publish = {"event": "#publish", "data": {"channel": "c", "data": 1}}
+            if hook is Hook.PUBLISH_OUT:  # delivered after the async verdict
+                assert await client.recv_json() == publish
+            else:  # delivered before the acknowledgement
+                assert client.others == [publish]
+        case Hook.AUTHENTICATE:
+            pass
+    reply = await client.invoke("login", cid=4)
+    if hook is Hook.AUTHENTICATE:
+        assert await client.invoke("#authenticate", reply["data"], cid=5) == {
+            "rid": 5,
+            "data": {"isAuthenticated": True, "authError": None},
+        }
+    assert charged == ["plain"] * actions
+    assert awaited == ["async"] * actions

@@ -56,9 +56,8 @@ from ..protocol.events import Fault
 from ..ratelimit import WarningLimiter
 from ..transport.base import HandshakeRequest, Rejection, Transport
 from ..transport.ws import accept_websocket
-from .host import HandlerEntry, RenewalHook
 from .http import HttpHandler
-from .socket import ServerSocket
+from .socket import HandlerEntry, RenewalHook, ServerSocket
 
 __all__ = ["Handler", "Server"]
 

@@ -27,7 +27,8 @@ intent says so) ``#disconnect`` for protocol-1 clients, then the close frame; th
 subscriptions are removed from the broker and pending server-side invokes fail with
 ``BadConnectionError``. Every close we send carries a reason.
 
-The socket sees its server only through ``SocketHost`` (``host.py``).
+The socket sees its server only through ``SocketHost`` (defined here; ``Server`` implements
+it), so this module never imports ``server.py``.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from .. import errors
-from ..auth import decode_unverified, expiry_of
+from ..auth import AuthEngine, decode_unverified, expiry_of
+from ..brokers.base import Broker, DistributedBroker
+from ..config import ServerConfig
 from ..errors import dehydrate_error
 from ..middleware import (
     UNCHANGED,
@@ -52,6 +55,7 @@ from ..middleware import (
     EmitRequest,
     HandshakeSCRequest,
     Hook,
+    MiddlewareRegistry,
     Pending,
     PublishInRequest,
     PublishOutRequest,
@@ -67,6 +71,7 @@ from ..protocol import (
     Close,
     CloseIntent,
     Emit,
+    Fault,
     Handshake,
     Initiator,
     Invalid,
@@ -90,9 +95,8 @@ from ..protocol.codec import (
 )
 from ..protocol.rules import close_reason
 from ..transport.base import HandshakeRequest, OutboundMessage, Transport, TransportClosed
-from .host import SocketHost
 
-__all__ = ["Reply", "ServerSocket"]
+__all__ = ["HandlerEntry", "RenewalHook", "Reply", "ServerSocket", "SocketHost"]
 
 log = logging.getLogger("trio_socketcluster")
 
@@ -106,6 +110,61 @@ RESERVED_OUTBOUND = frozenset(
         "authTokenSigned", "badAuthToken",
     }
 )  # fmt: skip
+
+#: A registered handler and whether it is ``async`` (it then runs in a task of its own).
+HandlerEntry = tuple[Callable[..., Any], bool]
+#: ``hook(socket, auth_token)``: a fresh token payload (or an awaitable of one), or ``None``.
+RenewalHook = Callable[["ServerSocket", dict[str, Any]], Any]
+
+
+class SocketHost(Protocol):
+    """The server as its sockets see it (``Server`` implements it). Defined here, by its
+    user, so that this module never imports ``server.py``."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def auth(self) -> AuthEngine: ...
+
+    @property
+    def broker(self) -> Broker: ...
+
+    @property
+    def distributed_broker(self) -> DistributedBroker | None:
+        """The broker again when it is distributed (subscribe waits for it), else ``None``."""
+        ...
+
+    @property
+    def middleware(self) -> MiddlewareRegistry: ...
+
+    @property
+    def renewal_hook(self) -> RenewalHook | None: ...
+
+    def now(self) -> float:
+        """Wall-clock seconds for JWT claims (advancing with trio's clock)."""
+        ...
+
+    def handler_for(self, event: str) -> HandlerEntry | None:
+        """The handler registered for custom event ``event``."""
+        ...
+
+    def emit_listener_event(self, event: str, *args: Any) -> None:
+        """Call the application's listeners for a socket lifecycle event."""
+        ...
+
+    def register_socket(self, socket: ServerSocket) -> None:
+        """The socket completed its handshake: list it in ``server.sockets``."""
+        ...
+
+    def forget_socket(self, socket: ServerSocket) -> bool:
+        """The socket closed: unlist it; whether it was listed."""
+        ...
+
+    def warn_client(self, fault: Fault, message: str, *args: Any) -> None:
+        """Log a warning a client caused, rate-limited per ``fault`` (no traceback)."""
+        ...
+
 
 _REMOVE_AUTH_TOKEN = OutboundMessage(REMOVE_AUTH_TOKEN)
 _NO_JSON_FORM = errors.UnknownError("The server's response has no JSON form")
