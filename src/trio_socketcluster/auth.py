@@ -86,6 +86,7 @@ from .errors import (
 __all__ = [
     "DEFAULT_EXPIRY_S",
     "DEFAULT_MAX_TOKEN_BYTES",
+    "ISSUED_AT_US_CLAIM",
     "AuthEngine",
     "Keyring",
     "decode_unverified",
@@ -98,6 +99,8 @@ __all__ = [
 DEFAULT_EXPIRY_S: Final = 86400
 #: Tokens longer than this are refused before any parsing ("jwt too large").
 DEFAULT_MAX_TOKEN_BYTES: Final = 8192
+#: The private claim ``sign(issued_at_us=...)`` sets: the issue instant in integer µs.
+ISSUED_AT_US_CLAIM: Final = "iat_us"
 
 _HMAC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
 _ASYMMETRIC_ALGORITHMS: Final = frozenset(
@@ -483,11 +486,23 @@ class AuthEngine:
     # -- signing ------------------------------------------------------------------------------
 
     def sign(
-        self, payload: Mapping[str, Any], *, now: float, expires_in_s: float | None = None
+        self,
+        payload: Mapping[str, Any],
+        *,
+        now: float,
+        expires_in_s: float | None = None,
+        jti: str | None = None,
+        issued_at_us: int | None = None,
     ) -> str:
         """The signed token for ``payload`` (which is not modified).
 
-        ``iat`` is ``floor(now)`` unless the payload has one. A payload ``exp`` wins over
+        ``jti`` (a unique token id, e.g. ``secrets.token_urlsafe(16)``) and ``issued_at_us``
+        (the issue instant in integer microseconds, claim ``iat_us``, see ``revocation``)
+        replace any ``jti``/``iat_us`` of the payload when given, so a token signed from the
+        claims of another (a renewal) is a new token.
+
+        ``iat`` is ``floor(now)`` (``issued_at_us // 10**6`` if given) unless the payload
+        has one. A payload ``exp`` wins over
         ``expires_in_s`` (as in the reference's ``setAuthToken``); otherwise
         ``exp = iat + (expires_in_s if given else default_expiry_s)``. Raises ``AuthError``
         if there is no expiry at all, if the payload is not a JSON object (string keys,
@@ -503,6 +518,15 @@ class AuthEngine:
         except (TypeError, ValueError, RecursionError) as exc:
             raise AuthError(f"The auth token payload is not JSON: {exc}") from exc
         assert isinstance(claims, dict)
+        if jti is not None:
+            if not isinstance(jti, str) or not jti:
+                raise AuthError("jti must be a non-empty string")
+            claims["jti"] = jti
+        if issued_at_us is not None:
+            if isinstance(issued_at_us, bool) or not isinstance(issued_at_us, int):
+                raise AuthError("issued_at_us must be an int")
+            claims[ISSUED_AT_US_CLAIM] = issued_at_us
+            claims.setdefault("iat", issued_at_us // 1_000_000)
         for claim in ("iat", "exp", "nbf"):
             if claim in claims and not _is_finite_number(claims[claim]):
                 raise AuthError(f'"{claim}" should be a number of seconds')

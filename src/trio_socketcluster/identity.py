@@ -86,9 +86,7 @@ class IdentityProvider:
         if keys is None or unknown_kid(token, keys) is not None:
             keys = await self._refresh_if_allowed(token)
         if keys is None:
-            raise AuthTokenError(
-                "the identity provider's keys are unavailable", is_bad_token=False
-            )
+            raise AuthTokenError("the identity provider's keys are unavailable", is_bad_token=False)
         return verify_with_keys(token, keys, self.config, now=now)
 
     async def _refresh_if_allowed(self, token: object) -> ProviderKeys | None:
