@@ -25,3 +25,55 @@ def test_nav_pages_exist() -> None:
     assert "index.md" in pages and "reference.md" in pages
     missing = [page for page in pages if not (DOCS / page).is_file()]
     assert missing == [], f"mkdocs.yml names pages that do not exist: {missing}"
+
+
+# --------------------------------------------------------------- pages that stand alone
+
+PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
+def test_no_path_outside_the_repository() -> None:
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        assert re.search(r"(?<![\w.])/(work|home|root|tmp)/", text) is None, page.name
+        assert "spec §" not in text, f"{page.name} cites a spec section outside the repository"
+
+
+def test_the_seed_is_named() -> None:
+    for page in PAGES:
+        assert re.search(r"\bthe seed\b", page.read_text(encoding="utf-8"), re.I) is None, (
+            f"{page.name}: say 'SocketCluster 14's authentication guide' (with its link)"
+        )
+
+
+def test_one_decorator_spelling() -> None:
+    for page in PAGES:
+        assert "@server.middleware.middleware(" not in page.read_text(encoding="utf-8"), page.name
+
+
+def test_every_page_is_in_the_nav() -> None:
+    config = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+    for page in DOCS.glob("*.md"):
+        assert re.search(rf"^\s*-\s*[^:\n]+:\s*{re.escape(page.name)}\s*$", config, re.M), page.name
+
+
+def test_every_code_block_has_a_known_kind() -> None:
+    """The docs runner (tests/docs/) runs every block it knows; fragments say so in a title."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "docs"))
+    try:
+        from docblocks import RUN, SKIPPED, Kind, all_blocks
+    finally:
+        sys.path.pop(0)
+    blocks = all_blocks()
+    counts = {kind: sum(b.kind is kind for b in blocks) for kind in Kind}
+    for block in blocks:
+        if block.kind is Kind.FRAGMENT:
+            assert block.title and block.title.startswith("Fragment"), block.id
+        if block.kind is Kind.TEXT:
+            assert block.language in ("", "text"), f"{block.id}: unknown language {block.language}"
+    run = sum(counts[kind] for kind in RUN)
+    skipped = sum(counts[kind] for kind in SKIPPED)
+    assert run > 3 * skipped, counts  # fragments stay the exception
+    assert counts[Kind.MERMAID] >= 6, counts

@@ -9,7 +9,8 @@ How a block is run, as a reader would run it:
   blocks import as modules, and ``trio-socketcluster serve myapp:app`` finds them).
 * **The port.** Readers run servers on, and connect clients to, port 8000. The runner replaces
   every ``8000`` in a block by a free port before running it: a *server* (a Python program
-  that builds a ``Server``, or a shell command running ``trio-socketcluster serve``) then
+  that builds a ``Server``, a shell command running ``trio-socketcluster serve`` or setting
+  ``PORT=8000``) then
   listens there (a ``serve`` command without ``--port`` gets ``--port <port>``); a *client*
   (any other block naming port 8000 or ``ws://``) finds there the
   page's application, which the runner started first with ``trio-socketcluster serve <app>
@@ -145,7 +146,7 @@ def _is_server(block: Block) -> bool:
     if block.kind is Kind.PYTHON:
         return "Server(" in block.source
     if block.kind is Kind.SHELL:
-        return SERVE.search(block.source) is not None
+        return SERVE.search(block.source) is not None or "PORT=8000 " in block.source
     return False
 
 
