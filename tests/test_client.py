@@ -603,7 +603,7 @@ async def test_wait_for_auth_failure_keeps_the_channel_pending(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A refused ``waitForAuth`` subscribe while unauthenticated stays pending and goes again
-    once authenticated (spec §6.6); a refused plain subscribe ends the channel."""
+    once authenticated, as the JS clients do; a refused plain subscribe ends the channel."""
     with trio.fail_after(10):
         async with scripted_client(ok_reply(authenticated=True), auth_token=TOKEN) as (
             client,

@@ -1,4 +1,4 @@
-"""The reconnect rule of the SocketCluster clients (spec §8.2), as a pure function.
+"""The reconnect rule of the SocketCluster clients (v14 and v20), as a pure function.
 
 ``reconnect_delay_s(code, attempt, policy, rand)`` answers "how long to wait before the next
 connection attempt after a close with ``code``", or ``None`` for "do not reconnect":

@@ -988,7 +988,7 @@ class Client:
         return info
 
     async def _run(self) -> None:
-        """Connect, and reconnect by the rules of spec §8.2, until closed for good."""
+        """Connect, and reconnect by the JS clients' rules (``backoff``), until closed for good."""
         try:
             if self._initial_token is not None:
                 await self.token_store.save(self._initial_token)
