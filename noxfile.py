@@ -1,4 +1,9 @@
-"""nox sessions: tests, lint, typecheck (and bench, docs as they land)."""
+"""nox sessions: tests, lint, typecheck, docs (the default set, which .ci/run runs after the
+README's test command), plus bench and autobahn on demand.
+
+Each session installs the project and the dependency groups it needs (``[dependency-groups]``
+in pyproject.toml) into its own virtualenv.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +12,37 @@ import nox
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def install(session: nox.Session, *groups: str) -> None:
+    session.install("-e", ".")
+    for group in groups:
+        session.install(*nox.project.dependency_groups(PYPROJECT, group))
+
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
+    install(session, "test", "docs")
     session.run("pytest", *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "examples", "benchmarks")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", "src", "tests", "examples", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "src")
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[dev]")
+    install(session, "test", "lint")
     session.run("mypy", "--strict", "src", "tests", "examples")
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    session.install("-e", ".[docs]")
+    install(session, "docs")
     session.run("mkdocs", "build", "--strict")
 
 

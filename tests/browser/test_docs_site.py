@@ -46,7 +46,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     site_dir = tmp_path_factory.mktemp("site")
     mkdocs = Path(sys.executable).parent / "mkdocs"
     if not mkdocs.exists():
-        pytest.skip("mkdocs is not installed: pip install -e '.[docs]'")
+        pytest.skip("mkdocs is not installed: pip install -e . --group docs")
     proc = subprocess.run(
         [str(mkdocs), "build", "--strict", "--site-dir", str(site_dir)],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
