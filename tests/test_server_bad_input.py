@@ -364,6 +364,26 @@ async def test_binary_frames_that_are_not_utf8_are_ignored(connect: ClientFactor
     await assert_silent_then_alive(client)
 
 
+async def test_a_text_frame_of_invalid_utf8_closes_1007_and_only_that_socket(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Invalid UTF-8 in a *text* frame is a protocol violation (RFC 6455 §8.1): 1007, end to
+    end; the other connections are untouched."""
+    server = make_server()
+    async with serving(server) as conns:
+        other = await conns.open()
+        client = await conns.open()
+        payload = b'{"event":"echo","data":"\xff","cid":2}'
+        # FIN + text opcode, masked with a zero key (the payload goes as is).
+        await client.send_raw(bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+        closed = await client.expect_close()
+        assert closed.code == 1007
+        with trio.fail_after(10):
+            await conns.ended[client].wait()
+        await assert_alive(other)
+        assert server.client_count == 1
+
+
 async def test_oversized_frame_closes_1009(autojump_clock: trio.testing.MockClock) -> None:
     server = make_server(max_payload_bytes=1000)
     async with serving(server) as conns:
