@@ -294,6 +294,9 @@ async def test_set_auth_token_goes_before_the_response(connect: ClientFactory) -
     assert set(set_token) == {"event", "data"} and set_token["event"] == "#setAuthToken"
     token = set_token["data"]["token"]
     claims = decode_unverified(token)
+    assert claims is not None
+    jti, iat_us = claims.pop("jti"), claims.pop("iat_us")  # a new token: its own id and stamp
+    assert isinstance(jti, str) and len(jti) >= 16 and iat_us // 1_000_000 == math.floor(now)
     assert claims == {"username": "bob", "iat": math.floor(now), "exp": math.floor(now) + 86400}
     socket = only_socket(server)
     assert socket.authenticated and socket.signed_auth_token == token

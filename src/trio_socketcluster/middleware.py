@@ -172,6 +172,8 @@ class AuthenticateRequest:
     auth_token: Mapping[str, Any]
     signed_auth_token: str
     now: float
+    #: Who vouched for the token: an identity provider's issuer, ``None`` for the server's key.
+    issuer: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

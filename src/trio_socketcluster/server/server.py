@@ -31,18 +31,20 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import trio
 
-from ..auth import AuthEngine, Keyring
+from ..auth import AuthEngine, Keyring, decode_unverified
 from ..brokers.base import Broker, DistributedBroker, RunnableBroker
 from ..brokers.local import LocalBroker
+from ..brokers.local_revocation import LocalRevocationStore
 from ..config import ServerConfig, resolve_cluster_key
 from ..errors import InvalidArgumentsError, InvalidOptionsError
+from ..identity import IdentityProvider, TokenVerifier, VerifiedToken
 from ..middleware import (
     Blocked,
     HandshakeWSRequest,
@@ -52,11 +54,23 @@ from ..middleware import (
     origin_allowed,
     run_chain_async,
 )
+from ..oidc import ProviderConfig
+from ..protocol import MISSING
 from ..protocol.events import Fault
 from ..ratelimit import WarningLimiter
+from ..revocation import (
+    DEFAULT_USER_CLAIM,
+    JtiRevoked,
+    Revocation,
+    RevocationEvent,
+    RevocationStore,
+    UserRevoked,
+    revoked_error,
+)
 from ..transport.base import HandshakeRequest, Rejection, Transport
 from ..transport.ws import accept_websocket
 from .http import HttpHandler
+from .index import TokenIndex
 from .socket import HandlerEntry, RenewalHook, ServerSocket
 
 __all__ = ["Handler", "Server"]
@@ -72,6 +86,13 @@ LISTENER_EVENTS = frozenset(
 )  # fmt: skip
 
 
+@runtime_checkable
+class _Runnable(Protocol):
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None: ...
+
+
 def _socket_id() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(15)).decode("ascii")
 
@@ -84,6 +105,18 @@ class Server:
     ``RedisBroker``, see ``set_broker``) and ``auth=`` (a ready
     ``AuthEngine``; default: built from the ``auth_*`` options, with a random HS256 key per
     process when no key is given).
+
+    Tokens (see ``docs/authentication.md``):
+
+    * ``identity_providers``: ``IdentityProvider``s (or their ``ProviderConfig``s) whose
+      tokens are accepted beside the server's own; ``socket.auth_issuer`` and
+      ``AuthenticateRequest.issuer`` say which one vouched (``None``: the server's key).
+    * ``revocation_store``: where revocations live (``revoke_token``,
+      ``revoke_user_tokens``). Default: in this process's memory, or in Redis when the
+      broker is given as a Redis URL (shared by every worker, kept across restarts).
+    * ``user_claim``: the claim that says who a token's user is (default ``username``), for
+      ``transmit_to_user``, ``disconnect_user``, ``deauthenticate_user`` and
+      ``revoke_user_tokens``.
     """
 
     def __init__(
@@ -93,6 +126,9 @@ class Server:
         broker: Broker | str | None = None,
         auth: AuthEngine | None = None,
         now: Callable[[], float] | None = None,
+        identity_providers: Sequence[IdentityProvider | ProviderConfig] = (),
+        revocation_store: RevocationStore | None = None,
+        user_claim: str = DEFAULT_USER_CLAIM,
         **options: Any,
     ) -> None:
         if config is not None and options:
@@ -102,6 +138,24 @@ class Server:
         self._auth_key_generated = False  # a random key: install_auth_key may replace it
         self.auth = self._make_auth(cfg, auth, leeway_given="auth_leeway_s" in options)
         self.config = replace(cfg, auth_leeway_s=self.auth.leeway_s)  # one value, the engine's
+        if not isinstance(user_claim, str) or not user_claim:
+            raise InvalidOptionsError("user_claim must be a non-empty string")
+        self.user_claim = user_claim
+        self._index: TokenIndex[ServerSocket] = TokenIndex(user_claim)
+        self._revocation: RevocationStore = LocalRevocationStore(
+            clock=self.now, leeway_s=self.auth.leeway_s, user_claim=user_claim
+        )
+        self._revocation_given = False
+        self._stop_listening: Callable[[], None] | None = None
+        self._longest_lifetime_s = 0.0
+        self._nursery: trio.Nursery | None = None
+        providers = [
+            p if isinstance(p, IdentityProvider) else IdentityProvider(p)
+            for p in identity_providers
+        ]
+        self._verifier = TokenVerifier(self.auth, providers)
+        self.set_revocation_store(revocation_store or self._revocation)
+        self._revocation_given = revocation_store is not None
         self.broker: Broker = LocalBroker()
         self.set_broker(broker if broker is not None else self.broker)
         self.middleware = MiddlewareRegistry()
@@ -203,10 +257,153 @@ class Server:
                     f"a Redis broker needs coredis: pip install 'trio-socketcluster[redis]' ({exc})"
                 ) from None
             key = resolve_cluster_key(os.environ, self._hs256_key)
-            broker = RedisBroker.from_url(broker, cluster_key=key)
+            url, broker = broker, RedisBroker.from_url(broker, cluster_key=key)
+            if not self._revocation_given:
+                from ..brokers.redis_revocation import RedisRevocationStore
+
+                self.set_revocation_store(
+                    RedisRevocationStore.from_url(
+                        url,
+                        clock=self.now,
+                        leeway_s=self.auth.leeway_s,
+                        user_claim=self.user_claim,
+                    )
+                )
+                self._revocation_given = False
         self.broker = broker
         if isinstance(broker, DistributedBroker):  # commands from other processes
             broker.set_command_handler(self._apply_command)
+
+    # ------------------------------------------------------------------ tokens
+
+    @property
+    def revocation(self) -> RevocationStore:
+        """The revocation store in use (see ``set_revocation_store``)."""
+        return self._revocation
+
+    def set_revocation_store(self, store: RevocationStore) -> None:
+        """Keep revocations in ``store`` (a ``LocalRevocationStore`` or a
+        ``RedisRevocationStore``, built with ``clock=server.now``, the engine's ``leeway_s``
+        and this server's ``user_claim``). Call it before serving; ``serve`` (or
+        ``start_broker``) runs a store that has background tasks."""
+        if self._stop_listening is not None:
+            self._stop_listening()
+        self._revocation = store
+        self._revocation_given = True
+        self._stop_listening = store.listen(self._on_revocation)
+
+    @property
+    def identity_providers(self) -> Mapping[str, IdentityProvider]:
+        """The external identity providers, by issuer."""
+        return self._verifier.providers
+
+    def issue_token(self, payload: Mapping[str, Any], *, expires_in_s: float | None = None) -> str:
+        """Sign ``payload`` as a new token of this server: a fresh ``jti`` and ``iat_us``
+        (replacing any in the payload), ``iat``, and ``exp`` as ``AuthEngine.sign`` sets
+        them. ``socket.set_auth_token`` uses it; so can an HTTP login. ``AuthError`` if
+        signing fails."""
+        return self.sign_token(payload, expires_in_s=expires_in_s)[0]
+
+    def sign_token(
+        self, payload: Mapping[str, Any], *, expires_in_s: float | None
+    ) -> tuple[str, dict[str, Any]]:
+        """``issue_token``, with the signed claims."""
+        signed = self.auth.sign(
+            payload,
+            now=self.now(),
+            expires_in_s=expires_in_s,
+            jti=secrets.token_urlsafe(16),
+            issued_at_us=self._revocation.issue_stamp(),
+        )
+        claims = decode_unverified(signed)
+        if claims is None:  # pragma: no cover - our own token always decodes
+            raise InvalidArgumentsError("the signed token does not decode")
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if isinstance(exp, int | float) and isinstance(iat, int | float):
+            self._longest_lifetime_s = max(self._longest_lifetime_s, float(exp - iat))
+        return signed, claims
+
+    async def verify_token(self, token: object) -> VerifiedToken:
+        """Verify ``token`` (the server's key, then the identity providers) and check it
+        against the revocation store. Raises ``AuthTokenError``s only: a revoked token
+        gives ``AuthTokenInvalidError("jwt revoked")`` (a bad token)."""
+        verifier = self._verifier
+        if verifier.engine is not self.auth:  # install_auth_key replaced the engine
+            verifier = self._verifier = TokenVerifier(self.auth, list(verifier.providers.values()))
+        verified = await verifier.verify(token, now=self.now())
+        reason = await self._revocation.check(verified.claims)
+        if reason is not None:
+            raise revoked_error(reason)
+        return verified
+
+    async def check_revoked(self, claims: Mapping[str, Any]) -> Revocation | None:
+        """Why the revocation store refuses these verified claims now, or ``None``."""
+        return await self._revocation.check(claims)
+
+    def token_changed(
+        self, socket: ServerSocket, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+    ) -> None:
+        """A socket's auth token changed: keep the user/jti index current."""
+        self._index.changed(socket, old, new)
+
+    async def revoke_token(self, jti: str, *, exp: float | None) -> JtiRevoked:
+        """Revoke the token ``jti`` on every worker: sockets authenticated with it are
+        deauthenticated, and it is refused at the handshake and at ``#authenticate`` until
+        it would have expired anyway (``exp`` plus the leeway; ``exp=None``: forever, the
+        entry is never forgotten). With the Redis store the revocation survives restarts.
+
+        Applied on this process before the first checkpoint; ``BrokerError`` if the shared
+        store did not take it (then only this process refuses the token)."""
+        if not isinstance(jti, str):
+            raise InvalidArgumentsError("jti must be a string")
+        return await self._revocation.revoke_jti(jti, exp)
+
+    async def revoke_user_tokens(self, user: str, *, ttl_s: float | None = None) -> UserRevoked:
+        """Revoke every token of ``user`` (the ``user_claim`` value) issued up to now, on
+        every worker ("log out everywhere"): its sockets are deauthenticated, its older tokens
+        refused; tokens issued afterwards work (even within the same second).
+
+        The watermark is kept ``ttl_s`` seconds (default: the longest token lifetime this
+        process issued, at least ``auth.default_expiry_s``): pass more if other code
+        issues longer-lived tokens. Same errors as ``revoke_token``."""
+        if not isinstance(user, str):
+            raise InvalidArgumentsError("user must be a string")
+        if ttl_s is None:
+            ttl_s = max(self._longest_lifetime_s, self.auth.default_expiry_s or 0.0, 1.0)
+        return await self._revocation.revoke_user_before(user, ttl_s=ttl_s)
+
+    def _on_revocation(self, event: RevocationEvent) -> None:
+        """The store applied a revocation (made here or on another worker): deauthenticate
+        the live sockets whose token it revokes."""
+        if isinstance(event, JtiRevoked):
+            candidates = self._index.of_jti(event.jti)
+        elif event.user_claim == self.user_claim:
+            candidates = self._index.of_user(event.user)
+        else:  # a store that names users by another claim
+            candidates = list(self._sockets.values())
+        for socket in candidates:
+            token = socket.auth_token
+            if token is not None and event.revokes(token):
+                socket.deauthenticate(in_order=True)
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the server's nursery (the one ``serve`` runs in, or the one
+        given to ``start_broker``); cancelled when the server stops. An exception it raises
+        is logged, not propagated. E.g. a plain handler that must answer before acting.
+        ``InvalidActionError`` if the server is not running."""
+        nursery = self._nursery
+        if nursery is None:
+            from ..errors import InvalidActionError
+
+            raise InvalidActionError("the server is not running")
+        nursery.start_soon(self._run_logged, fn, args)
+
+    @staticmethod
+    async def _run_logged(fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("background task %r failed", getattr(fn, "__name__", fn))
 
     # ------------------------------------------------------------------ time
 
@@ -342,14 +539,19 @@ class Server:
     # publishes; at most once). Each returns how many sockets of *this* process it touched,
     # and raises ``BrokerError`` if the bus cannot take it (after applying it here).
 
+    #
+    # A *user* is the value of the token claim ``user_claim`` (``username`` by default).
+
     def deauthenticate_user(self, username: str) -> int:
-        """Deauthenticate every socket whose auth token has ``"username": username``."""
+        """Deauthenticate every socket authenticated as ``username`` (its token's
+        ``user_claim``). The client may present the token again: ``revoke_user_tokens``
+        refuses it too."""
         if not isinstance(username, str):
             raise InvalidArgumentsError("username must be a string")
         return self._cluster_command("deauthenticate_user", {"username": username})
 
     def disconnect_user(self, username: str, code: int = 1000, reason: str = "") -> int:
-        """Close every socket whose auth token has ``"username": username``."""
+        """Close every socket authenticated as ``username``."""
         if not isinstance(username, str):
             raise InvalidArgumentsError("username must be a string")
         if type(code) is not int or not 1000 <= code <= 4999 or not isinstance(reason, str):
@@ -358,14 +560,17 @@ class Server:
             "disconnect_user", {"username": username, "code": code, "reason": reason}
         )
 
-    def revoke_token(self, jti: str) -> int:
-        """Deauthenticate every socket whose auth token has ``"jti": jti``.
-
-        Only sockets connected now are affected: a client that kept the token can present it
-        again; refuse it in authenticate middleware if that matters."""
-        if not isinstance(jti, str):
-            raise InvalidArgumentsError("jti must be a string")
-        return self._cluster_command("revoke_token", {"jti": jti})
+    def transmit_to_user(self, username: str, event: str, data: Any = MISSING) -> int:
+        """Transmit ``event`` (with ``data``, if given) to every socket authenticated as
+        ``username``, on every worker. ``InvalidActionError`` for reserved event names;
+        with a distributed broker ``data`` must have a JSON form."""
+        if not isinstance(username, str):
+            raise InvalidArgumentsError("username must be a string")
+        ServerSocket.check_outbound_event(event)
+        args: dict[str, Any] = {"username": username, "event": event}
+        if data is not MISSING:
+            args["data"] = data
+        return self._cluster_command("transmit_to_user", args)
 
     def kick_out(self, channel: str, message: str | None = None) -> int:
         """Unsubscribe every socket from ``channel``, sending each ``#kickOut``."""
@@ -383,29 +588,34 @@ class Server:
     def _apply_command(self, op: str, args: Mapping[str, Any]) -> int:
         """Apply a cluster command to the sockets of this process (also called by the broker
         for commands from other processes, whose arguments are checked here)."""
-        sockets = list(self._sockets.values())
         count = 0
         match op:
-            case "deauthenticate_user" | "disconnect_user" | "revoke_token":
-                claim, value = ("jti", args.get("jti")) if op == "revoke_token" else (
-                    "username", args.get("username"))  # fmt: skip
-                if not isinstance(value, str):
+            case "deauthenticate_user" | "disconnect_user" | "transmit_to_user":
+                user = args.get("username")
+                if not isinstance(user, str):
                     return 0
                 code, reason = args.get("code", 1000), args.get("reason", "")
                 if op == "disconnect_user" and (
                     type(code) is not int or not 1000 <= code <= 4999 or not isinstance(reason, str)
                 ):
                     return 0
-                for socket in sockets:
-                    token = socket.auth_token
-                    if token is None or token.get(claim) != value:
-                        continue
+                event = args.get("event")
+                if op == "transmit_to_user" and not isinstance(event, str):
+                    return 0
+                for socket in self._index.of_user(user):
                     if op == "disconnect_user":
                         socket.disconnect(code, reason)
-                    else:
+                    elif op == "deauthenticate_user":
                         socket.deauthenticate()
+                    else:
+                        try:
+                            socket.transmit(event, args.get("data", MISSING))  # type: ignore[arg-type]
+                        except Exception as exc:  # a reserved name from another process
+                            log.warning("transmit_to_user %r refused: %s", event, exc)
+                            return count
                     count += 1
             case "kick_out":
+                sockets = list(self._sockets.values())
                 channel, message = args.get("channel"), args.get("message")
                 if not isinstance(channel, str) or not (
                     message is None or isinstance(message, str)
@@ -425,6 +635,7 @@ class Server:
 
     def forget_socket(self, socket: ServerSocket) -> bool:
         """Unlist a closed socket; whether it was listed."""
+        self._index.remove(socket, socket.auth_token)
         return self._sockets.pop(socket.id, None) is not None
 
     # ------------------------------------------------------------------ connections
@@ -529,18 +740,41 @@ class Server:
         """Like ``serve`` with listeners you opened (SO_REUSEPORT, unix sockets...)."""
         self.now()  # fix the wall-clock offset while trio runs
         self._warn_if_random_key()
-        async with trio.open_nursery() as nursery:
-            await self.start_broker(nursery)
-            await nursery.start(trio.serve_listeners, self.handle_stream, listeners)
-            task_status.started(listeners)
+        try:
+            async with trio.open_nursery() as nursery:
+                await self.start_broker(nursery)
+                await nursery.start(trio.serve_listeners, self.handle_stream, listeners)
+                task_status.started(listeners)
+        finally:
+            self._nursery = None
 
     async def start_broker(self, nursery: trio.Nursery) -> None:
-        """Start the broker's background tasks (if it has any, as the Redis broker does) in
-        ``nursery``. ``serve`` does this; call it yourself when you only use
-        ``handle_stream``/``handle_trio_websocket_request``."""
+        """Start the background tasks of the broker and of the revocation store (if they
+        have any, as the Redis ones do) in ``nursery``, fetch the identity providers' keys
+        (in the background; a failure is logged and retried when a token needs them), and
+        make ``nursery`` the one ``start_soon`` uses. ``serve`` does this; call it yourself
+        when you only use ``handle_stream``/``handle_trio_websocket_request``."""
+        self._nursery = nursery
+        store = self._revocation
+        if isinstance(store, _Runnable):
+            await nursery.start(store.run)
+        elif isinstance(self.broker, DistributedBroker):
+            log.warning(
+                "a distributed broker with an in-process revocation store: revocations "
+                "apply on this process only (see Server.set_revocation_store)"
+            )
         broker = self.broker
         if isinstance(broker, RunnableBroker):
             await nursery.start(broker.run)
+        for provider in self._verifier.providers.values():
+            nursery.start_soon(self._prefetch_keys, provider)
+
+    @staticmethod
+    async def _prefetch_keys(provider: IdentityProvider) -> None:
+        try:
+            await provider.refresh()
+        except OSError as exc:
+            log.warning("identity provider %s: %s", provider.issuer, exc)
 
     def run(self, host: str | None = "127.0.0.1", port: int = 8000) -> None:
         """Serve in a new trio run until SIGINT (Ctrl+C) or SIGTERM, then shut down

@@ -43,10 +43,11 @@ from typing import Any, Protocol
 import trio
 
 from .. import errors
-from ..auth import AuthEngine, decode_unverified, expiry_of
+from ..auth import AuthEngine, expiry_of
 from ..brokers.base import Broker, DistributedBroker
 from ..config import ServerConfig
 from ..errors import dehydrate_error
+from ..identity import VerifiedToken
 from ..middleware import (
     UNCHANGED,
     Allowed,
@@ -94,6 +95,7 @@ from ..protocol.codec import (
     set_auth_token_bytes,
 )
 from ..protocol.rules import close_reason
+from ..revocation import Revocation
 from ..transport.base import HandshakeRequest, OutboundMessage, Transport, TransportClosed
 
 __all__ = ["HandlerEntry", "RenewalHook", "Reply", "ServerSocket", "SocketHost"]
@@ -163,6 +165,26 @@ class SocketHost(Protocol):
 
     def warn_client(self, fault: Fault, message: str, *args: Any) -> None:
         """Log a warning a client caused, rate-limited per ``fault`` (no traceback)."""
+        ...
+
+    def sign_token(
+        self, payload: Mapping[str, Any], *, expires_in_s: float | None
+    ) -> tuple[str, dict[str, Any]]:
+        """Sign a new token (fresh ``jti`` and ``iat_us``): the token and its claims."""
+        ...
+
+    async def verify_token(self, token: object) -> VerifiedToken:
+        """Verify a presented token (own key, identity providers, revocation)."""
+        ...
+
+    async def check_revoked(self, claims: Mapping[str, Any]) -> Revocation | None:
+        """Why the revocation store refuses these verified claims now, or ``None``."""
+        ...
+
+    def token_changed(
+        self, socket: ServerSocket, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+    ) -> None:
+        """The socket's auth token changed (the server indexes sockets by user and jti)."""
         ...
 
 
@@ -241,6 +263,7 @@ class ServerSocket:
         "_token_changed",
         "_transport",
         "_watch_scope",
+        "auth_issuer",
         "auth_token",
         "client_disconnect_data",
         "handshake_data",
@@ -257,6 +280,9 @@ class ServerSocket:
         self._machine = Machine(None if cfg.protocol == "auto" else int(cfg.protocol))
         self.auth_token: dict[str, Any] | None = None
         self.signed_auth_token: str | None = None
+        #: Who vouched for ``auth_token``: an identity provider's issuer, or ``None`` (the
+        #: server's own key, or not authenticated).
+        self.auth_issuer: str | None = None
         self.handshake_data: Any = None
         self.client_disconnect_data: Any = None
         self._channels: dict[str, None] = {}
@@ -338,7 +364,7 @@ class ServerSocket:
 
         Raises ``InvalidActionError`` for names the clients reserve (``connect``, ``#...``).
         """
-        self._check_outbound_event(event)
+        self.check_outbound_event(event)
         self._send(event_bytes(event, data))
 
     async def invoke(
@@ -350,7 +376,7 @@ class ServerSocket:
         ``BadConnectionError`` when the socket closes first. Cancellation forgets the call: a
         late answer is dropped.
         """
-        self._check_outbound_event(event)
+        self.check_outbound_event(event)
         if self._close is not None or self._machine.state is State.CLOSED:
             raise errors.BadConnectionError(f"Event '{event}' was aborted due to a bad connection")
         cid = self._next_cid
@@ -373,7 +399,8 @@ class ServerSocket:
         return pending.data
 
     @staticmethod
-    def _check_outbound_event(event: str) -> None:
+    def check_outbound_event(event: str) -> None:
+        """``InvalidActionError`` unless ``event`` may be transmitted to a client."""
         if not isinstance(event, str) or event.startswith("#") or event in RESERVED_OUTBOUND:
             raise errors.InvalidActionError(
                 f'The "{event}" event is reserved and cannot be emitted on a server socket'
@@ -395,12 +422,8 @@ class ServerSocket:
         if self._machine.state is not State.OPEN:
             raise errors.InvalidActionError("Cannot set an auth token before the handshake")
         try:
-            signed = self.server.auth.sign(
-                payload, now=self.server.now(), expires_in_s=expires_in_s
-            )
-            claims = decode_unverified(signed)  # our own token: the payload plus iat/exp
-            if claims is None:
-                raise errors.AuthError("the signed token does not decode")
+            # A new token: the payload plus iat/exp and a fresh jti/iat_us.
+            signed, claims = self.server.sign_token(payload, expires_in_s=expires_in_s)
         except errors.SocketClusterError as exc:
             self.disconnect(4002, "Server failed to sign auth token", notify=False)
             raise errors.AuthError(f"Failed to sign auth token: {exc.message}") from None
@@ -408,9 +431,11 @@ class ServerSocket:
         self._set_authenticated(claims, signed)
         return signed
 
-    def deauthenticate(self) -> None:
-        """Forget the auth token and tell the client to drop it (``#removeAuthToken``)."""
-        self._clear_auth(send_remove=True)
+    def deauthenticate(self, *, in_order: bool = False) -> None:
+        """Forget the auth token and tell the client to drop it (``#removeAuthToken``,
+        ahead of queued data; ``in_order=True``: after what is already queued, such as the
+        response to the invoke that caused it)."""
+        self._clear_auth(send_remove=True, in_order=in_order)
 
     def _notify(self, event: str, *args: Any) -> None:
         """Call the server's listeners, or hold the call while the handshake runs (auth
@@ -420,23 +445,33 @@ class ServerSocket:
         else:
             self.server.emit_listener_event(event, *args)
 
-    def _set_authenticated(self, payload: dict[str, Any], signed: str) -> None:
-        was = self.auth_token is not None
+    def _set_authenticated(
+        self, payload: dict[str, Any], signed: str, issuer: str | None = None
+    ) -> None:
+        old = self.auth_token
+        was = old is not None
         self.auth_token = payload
         self.signed_auth_token = signed
+        self.auth_issuer = issuer
+        self.server.token_changed(self, old, payload)
         self._wake_watcher()
         if not was:
             self._notify("authStateChange", self, "unauthenticated", "authenticated")
         self._notify("authenticate", self, payload)
 
-    def _clear_auth(self, *, send_remove: bool) -> None:
+    def _clear_auth(self, *, send_remove: bool, in_order: bool = False) -> None:
         old = self.auth_token
         self.auth_token = None
         self.signed_auth_token = None
+        self.auth_issuer = None
         self._wake_watcher()
         if send_remove and self._machine.state is not State.CLOSED:
-            self._transport.send_priority(_REMOVE_AUTH_TOKEN)
+            if in_order:
+                self._transport.send(_REMOVE_AUTH_TOKEN)
+            else:
+                self._transport.send_priority(_REMOVE_AUTH_TOKEN)
         if old is not None:
+            self.server.token_changed(self, old, None)
             self._notify("authStateChange", self, "authenticated", "unauthenticated")
             self._notify("deauthenticate", self, old)
 
@@ -462,24 +497,29 @@ class ServerSocket:
         """
         server = self.server
         try:
-            payload = server.auth.verify(token, now=server.now())
+            verified = await server.verify_token(token)
         except errors.AuthTokenError as exc:
             if exc.is_bad_token:
                 self._notify("badAuthToken", self, exc, token)
             return False, exc, exc.is_bad_token
+        payload, issuer = verified.claims, verified.issuer
         chain = server.middleware.chain(Hook.AUTHENTICATE)
         if chain:
             outcome = await self._run_chain(
                 chain,
                 AuthenticateRequest(
-                    socket=self, auth_token=payload, signed_auth_token=token, now=server.now()
+                    socket=self,
+                    auth_token=payload,
+                    signed_auth_token=token,
+                    now=server.now(),
+                    issuer=issuer,
                 ),
             )
             if isinstance(outcome, Blocked):
                 if outcome.bad_token:
                     self._notify("badAuthToken", self, outcome.error, token)
                 return False, _block_error(outcome.error), outcome.bad_token
-        self._set_authenticated(payload, token)
+        self._set_authenticated(payload, token, issuer)
         return True, None, False
 
     # ------------------------------------------------------------------ pub/sub
@@ -705,6 +745,12 @@ class ServerSocket:
         if hook is None or token is None:
             return
         try:
+            # A token revoked meanwhile (on a worker whose message has not arrived, or before
+            # a restart) is not renewed: the socket loses it instead.
+            if await self.server.check_revoked(token) is not None:
+                if self.auth_token is token:
+                    self._clear_auth(send_remove=True)
+                return
             result = hook(self, token)
             if inspect.isawaitable(result):
                 result = await result
