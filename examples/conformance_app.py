@@ -2,7 +2,9 @@
 
 Environment: ``PORT`` (0 picks a free port), ``AUTH_KEY`` (the HS256 secret), ``HOST``
 (default 127.0.0.1), and ``TRANSPORT`` (``ws``, our wsproto transport, by default; or
-``trio-websocket`` to serve through the trio-websocket adapter). Prints ``READY <port>`` once it
+``trio-websocket`` to serve through the trio-websocket adapter). With ``OIDC_ISSUER``,
+``OIDC_AUDIENCE`` and ``OIDC_JWKS_URL`` all set, the tokens of that identity provider
+(RS256/ES256) are accepted too. Prints ``READY <port>`` once it
 listens; SIGTERM or SIGINT shut it down gracefully (every socket closed with 1001), exit 0.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import trio
@@ -19,6 +22,7 @@ from trio_socketcluster import (
     Allow,
     Block,
     Hook,
+    ProviderConfig,
     Reply,
     Server,
     ServerSocket,
@@ -37,8 +41,25 @@ USERS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def build_server(auth_key: str | None) -> Server:
-    server = Server(auth_key=auth_key, auth_algorithm="HS256", auth_default_expiry_s=86400)
+def provider_from_env(environ: Mapping[str, str]) -> ProviderConfig | None:
+    """The identity provider that ``OIDC_ISSUER``, ``OIDC_AUDIENCE`` and ``OIDC_JWKS_URL``
+    name (all three, or none: ``None``)."""
+    names = ("OIDC_ISSUER", "OIDC_AUDIENCE", "OIDC_JWKS_URL")
+    issuer, audience, jwks_url = (environ.get(name) for name in names)
+    if not (issuer and audience and jwks_url):
+        return None
+    return ProviderConfig(
+        issuer=issuer, audience=audience, jwks_url=jwks_url, algorithms=("RS256", "ES256")
+    )
+
+
+def build_server(auth_key: str | None, provider: ProviderConfig | None = None) -> Server:
+    server = Server(
+        auth_key=auth_key,
+        auth_algorithm="HS256",
+        auth_default_expiry_s=86400,
+        identity_providers=[provider] if provider is not None else [],
+    )
 
     # ---------------------------------------------------------------- procedures
 
@@ -79,6 +100,29 @@ def build_server(auth_key: str | None) -> Server:
     @server.handler("logout")
     def logout(socket: ServerSocket, _data: Any) -> Any:
         socket.deauthenticate()
+        return None
+
+    # Tokens the server signs carry a fresh ``jti`` (and ``iat_us``): revocable one by one.
+    # Both procedures answer first (a plain handler's reply is queued at once), then revoke
+    # on every worker in the server's nursery.
+
+    @server.handler("revokeMe")
+    def revoke_me(socket: ServerSocket, _data: Any) -> Any:
+        token = socket.auth_token
+        jti = token.get("jti") if token else None
+        if token is not None and isinstance(jti, str):
+            exp = token.get("exp")
+            server.start_soon(revoke, jti, exp if isinstance(exp, int | float) else None)
+        return None
+
+    async def revoke(jti: str, exp: float | None) -> None:
+        await server.revoke_token(jti, exp=exp)
+
+    @server.handler("logoutEverywhere")
+    def logout_everywhere(socket: ServerSocket, _data: Any) -> Any:
+        user = socket.auth_token.get(server.user_claim) if socket.auth_token else None
+        if isinstance(user, str):
+            server.start_soon(server.revoke_user_tokens, user)
         return None
 
     @server.handler("serverPublish")
@@ -151,7 +195,7 @@ async def main() -> None:
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8000"))
     transport = os.environ.get("TRANSPORT", "ws")
-    server = build_server(os.environ.get("AUTH_KEY"))
+    server = build_server(os.environ.get("AUTH_KEY"), provider_from_env(os.environ))
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await _serve(server, nursery, host, port, transport)

@@ -7,7 +7,8 @@ As a script: ``PORT``, ``AUTH_KEY``, ``HOST`` and ``BROKER`` from the environmen
 
 Extra handlers (test-only; no access control): ``pid``, ``brokerStats``,
 ``waitSynced`` (answers once this process's Redis subscriptions are live),
-``deauthenticateUser``, ``disconnectUser``, ``revokeToken``, ``kickOutAll``.
+``deauthenticateUser``, ``disconnectUser``, ``revokeToken``, ``transmitToUser``,
+``kickOutAll``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
-from conformance_app import build_server  # type: ignore[import-not-found, unused-ignore]
+from conformance_app import (  # type: ignore[import-not-found, unused-ignore]
+    build_server,
+    provider_from_env,
+)
 
 from trio_socketcluster import Reply, Server, ServerSocket
 
 
 def make_server() -> Server:
-    server: Server = build_server(os.environ.get("AUTH_KEY") or None)
+    server: Server = build_server(os.environ.get("AUTH_KEY") or None, provider_from_env(os.environ))
     broker = os.environ.get("BROKER")
     if broker:
         server.set_broker(broker)
@@ -44,10 +48,11 @@ def make_server() -> Server:
 
     @server.handler("waitSynced")
     async def wait_synced(_socket: ServerSocket, _data: Any) -> Any:
-        wait = getattr(server.broker, "wait_synced", None)
-        if wait is not None:
-            with trio.fail_after(10):
-                await wait()
+        with trio.fail_after(10):
+            for part in (server.broker, server.revocation):
+                wait = getattr(part, "wait_synced", None)
+                if wait is not None:
+                    await wait()
         return Reply(data=True)
 
     def arg(data: Any, name: str) -> Any:
@@ -66,8 +71,17 @@ def make_server() -> Server:
         )
 
     @server.handler("revokeToken")
-    def revoke_token(_socket: ServerSocket, data: Any) -> Any:
-        return Reply(data=server.revoke_token(arg(data, "jti")))
+    async def revoke_token(_socket: ServerSocket, data: Any) -> Any:
+        revoked = await server.revoke_token(arg(data, "jti"), exp=arg(data, "exp"))
+        return Reply(data=revoked.jti)
+
+    @server.handler("transmitToUser")
+    def transmit_to_user(_socket: ServerSocket, data: Any) -> Any:
+        return Reply(
+            data=server.transmit_to_user(
+                arg(data, "username"), arg(data, "event"), arg(data, "data")
+            )
+        )
 
     @server.handler("kickOutAll")
     def kick_out_all(_socket: ServerSocket, data: Any) -> Any:

@@ -259,8 +259,11 @@ async def test_cluster_wide_commands(redis_server: RedisServer, nursery: trio.Nu
         assert [s.authenticated for s in b.sockets.values()].count(True) == 1  # bob only
 
         await alice_b.invoke("#authenticate", token, cid=7)
-        assert b.revoke_token("t-1") == 1
+        revoked = await b.revoke_token("t-1", exp=None)
+        assert revoked.jti == "t-1" and revoked.forget_at is None  # no exp: kept for good
         assert await _next_event(alice_b, "#removeAuthToken") is None
+        reply = await alice_b.invoke("#authenticate", token, cid=9)  # refused from now on
+        assert reply["error"]["message"] == "jwt revoked"
 
         assert "error" not in await bob_b.invoke("#subscribe", {"channel": "room"}, cid=8)
         assert a.kick_out("room", "bye") == 0  # nobody on this process

@@ -7,6 +7,7 @@ from .auth import AuthEngine as AuthEngine
 from .auth import Keyring as Keyring
 from .brokers import Broker as Broker
 from .brokers import LocalBroker as LocalBroker
+from .brokers.local_revocation import LocalRevocationStore as LocalRevocationStore
 from .config import ServerConfig as ServerConfig
 from .errors import AuthError as AuthError
 from .errors import AuthTokenError as AuthTokenError
@@ -22,11 +23,18 @@ from .errors import NoHandlerError as NoHandlerError
 from .errors import SilentMiddlewareBlockedError as SilentMiddlewareBlockedError
 from .errors import SocketClusterError as SocketClusterError
 from .errors import TimeoutError as TimeoutError
+from .identity import IdentityProvider as IdentityProvider
+from .identity import VerifiedToken as VerifiedToken
 from .middleware import ALLOW as ALLOW
 from .middleware import SILENT as SILENT
 from .middleware import Allow as Allow
 from .middleware import Block as Block
 from .middleware import Hook as Hook
+from .oidc import ProviderConfig as ProviderConfig
+from .revocation import JtiRevoked as JtiRevoked
+from .revocation import Revocation as Revocation
+from .revocation import RevocationStore as RevocationStore
+from .revocation import UserRevoked as UserRevoked
 from .server import Reply as Reply
 from .server import Server as Server
 from .server import ServerSocket as ServerSocket
@@ -48,18 +56,26 @@ __all__ = [
     "Broker",
     "BrokerError",
     "Hook",
+    "IdentityProvider",
     "InvalidActionError",
     "InvalidArgumentsError",
     "InvalidOptionsError",
+    "JtiRevoked",
     "Keyring",
     "LocalBroker",
+    "LocalRevocationStore",
     "NoHandlerError",
+    "ProviderConfig",
     "Reply",
+    "Revocation",
+    "RevocationStore",
     "Server",
     "ServerConfig",
     "ServerSocket",
     "SilentMiddlewareBlockedError",
     "SocketClusterError",
     "TimeoutError",
+    "UserRevoked",
+    "VerifiedToken",
     "__version__",
 ]
