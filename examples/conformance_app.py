@@ -21,6 +21,8 @@ import trio
 from trio_socketcluster import (
     Allow,
     Block,
+    HistoryConfig,
+    HistoryPolicy,
     Hook,
     ProviderConfig,
     Reply,
@@ -41,6 +43,12 @@ USERS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+#: ``news`` and ``alice-room`` keep their last 1,000 publications, each for 300 s.
+HISTORY = HistoryConfig(
+    channels={name: HistoryPolicy(size=1000, ttl_s=300) for name in ("news", "alice-room")}
+)
+
+
 def provider_from_env(environ: Mapping[str, str]) -> ProviderConfig | None:
     """The identity provider that ``OIDC_ISSUER``, ``OIDC_AUDIENCE`` and ``OIDC_JWKS_URL``
     name (all three, or none: ``None``)."""
@@ -58,6 +66,7 @@ def build_server(auth_key: str | None, provider: ProviderConfig | None = None) -
         auth_key=auth_key,
         auth_algorithm="HS256",
         auth_default_expiry_s=86400,
+        history=HISTORY,
         identity_providers=[provider] if provider is not None else [],
     )
 

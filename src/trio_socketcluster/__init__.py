@@ -6,6 +6,7 @@ The public API is what this module exports, and nothing else.
 from .auth import AuthEngine as AuthEngine
 from .auth import Keyring as Keyring
 from .brokers import Broker as Broker
+from .brokers import HistoryBroker as HistoryBroker
 from .brokers import LocalBroker as LocalBroker
 from .brokers.local_revocation import LocalRevocationStore as LocalRevocationStore
 from .config import ServerConfig as ServerConfig
@@ -23,6 +24,8 @@ from .errors import NoHandlerError as NoHandlerError
 from .errors import SilentMiddlewareBlockedError as SilentMiddlewareBlockedError
 from .errors import SocketClusterError as SocketClusterError
 from .errors import TimeoutError as TimeoutError
+from .history import HistoryConfig as HistoryConfig
+from .history import HistoryPolicy as HistoryPolicy
 from .identity import IdentityProvider as IdentityProvider
 from .identity import VerifiedToken as VerifiedToken
 from .middleware import ALLOW as ALLOW
@@ -55,6 +58,9 @@ __all__ = [
     "Block",
     "Broker",
     "BrokerError",
+    "HistoryBroker",
+    "HistoryConfig",
+    "HistoryPolicy",
     "Hook",
     "IdentityProvider",
     "InvalidActionError",

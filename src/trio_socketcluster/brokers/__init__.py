@@ -1,6 +1,6 @@
 """Brokers: the ``Broker`` protocol and the in-process ``LocalBroker``."""
 
-from .base import Broker, Subscriber
+from .base import Broker, HistoryBroker, Subscriber
 from .local import LocalBroker
 
-__all__ = ["Broker", "LocalBroker", "Subscriber"]
+__all__ = ["Broker", "HistoryBroker", "LocalBroker", "Subscriber"]

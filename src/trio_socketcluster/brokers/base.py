@@ -16,27 +16,49 @@ Capabilities beyond ``Broker`` are explicit, runtime-checkable protocols (checke
   acknowledged), ``set_command_handler``/``send_command`` (cluster-wide actions such as
   ``Server.disconnect_user``).
 
-A subscriber is anything with ``deliver(channel, data, message)``, where ``message`` is the
-``#publish`` packet already encoded once for all receivers.
+* ``HistoryBroker``: keeps the history of the channels its ``HistoryConfig`` names
+  (``set_history``, given by ``Server(history=...)``): ``publish_stored`` answers once the
+  publication is stored (its offset and epoch), ``recover`` reads what a subscriber missed.
+  On such a channel ``deliver`` gets the ``Publication`` too, and a broker delivers every
+  publication of a channel in offset order, each once.
+
+A subscriber is anything with ``deliver(channel, data, message, publication=None)``, where
+``message`` is the ``#publish`` packet already encoded once for all receivers and
+``publication`` its offset and epoch on a channel with history (the broker passes it only
+there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import trio
 
+from ..history import HistoryConfig, HistoryPolicy, Publication, RecoverRequest, Recovery
 from ..transport.base import OutboundMessage
 
-__all__ = ["Broker", "CommandHandler", "DistributedBroker", "RunnableBroker", "Subscriber"]
+__all__ = [
+    "Broker",
+    "CommandHandler",
+    "DistributedBroker",
+    "HistoryBroker",
+    "RunnableBroker",
+    "Subscriber",
+]
 
 #: ``handler(op, args)``: applies a cluster command another process sent.
 CommandHandler = Callable[[str, Mapping[str, Any]], Any]
 
 
 class Subscriber(Protocol):
-    def deliver(self, channel: str, data: Any, message: OutboundMessage) -> None: ...
+    def deliver(
+        self,
+        channel: str,
+        data: Any,
+        message: OutboundMessage,
+        publication: Publication | None = None,
+    ) -> None: ...
 
 
 class Broker(Protocol):
@@ -85,4 +107,35 @@ class DistributedBroker(RunnableBroker, Broker, Protocol):
 
     def send_command(self, op: str, args: Mapping[str, Any]) -> None:
         """Send a command to every other process; ``BrokerError`` if the bus cannot take it."""
+        ...
+
+
+@runtime_checkable
+class HistoryBroker(Broker, Protocol):
+    """A broker that keeps channel history (the in-process and the Redis brokers).
+
+    The in-process broker answers at once (a ``Publication``, a ``Recovery``); the Redis
+    broker returns an awaitable (one Redis round trip). Callers handle both.
+    """
+
+    def set_history(self, config: HistoryConfig) -> None:
+        """Keep history for the channels ``config`` names (call before serving)."""
+        ...
+
+    def history_policy(self, channel: str) -> HistoryPolicy | None:
+        """The channel's policy, ``None`` when it keeps no history."""
+        ...
+
+    def publish_stored(self, channel: str, data: Any) -> Publication | Awaitable[Publication]:
+        """Publish on a channel with history; the publication once stored (its ``data`` is
+        ``data``). ``BrokerError`` when it cannot be stored, ``TypeError`` when ``data`` has
+        no JSON form (nothing stored)."""
+        ...
+
+    def recover(
+        self, channel: str, request: RecoverRequest | None
+    ) -> Recovery | Awaitable[Recovery]:
+        """What a subscriber that had everything up to ``request`` missed (``data`` decoded),
+        or "cannot recover" with the channel's position; ``request=None`` asks only for the
+        position (``recovered`` false). The subscriber is registered before this is called."""
         ...

@@ -85,6 +85,14 @@ class Channel:
         self._inbox: Inbox[Any] = Inbox(capacity, name=f"channel {name!r}")
         self._changed = trio.lowlevel.ParkingLot()
         self._requesting: object | None = None  # the connection a #subscribe is in flight on
+        #: On a channel with history: the offset and epoch of the last publication received
+        #: (or the position the server gave when subscribing); ``None`` until known.
+        self.offset: int | None = None
+        self.epoch: str | None = None
+        #: Whether the last re-subscription recovered every missed publication (``None``:
+        #: no recovery asked yet). ``False`` means some may be lost (history gone or trimmed).
+        self.recovered: bool | None = None
+        self.duplicates = 0  #: publications dropped because their offset was already received
 
     @property
     def dropped(self) -> int:
@@ -155,5 +163,34 @@ class Channel:
             self._inbox.close()
         self._changed.unpark_all()
 
-    def _deliver(self, data: Any) -> None:
+    def _deliver(self, data: Any, offset: Any = None, epoch: Any = None) -> None:
+        if type(offset) is int and isinstance(epoch, str):
+            if epoch == self.epoch and self.offset is not None and offset <= self.offset:
+                self.duplicates += 1
+                return
+            self.offset, self.epoch = offset, epoch
         self._inbox.put(data)
+
+    def _subscribe_data(self) -> Any:
+        """The ``#subscribe`` data: the channel's ``data``, plus ``recover`` once the channel
+        knows its position (so a re-subscription after a reconnect gets what it missed)."""
+        if self.epoch is None or self.offset is None:
+            return self.data
+        if self.data is not None and not isinstance(self.data, dict):
+            return self.data  # nowhere to put the request
+        return {**(self.data or {}), "recover": {"offset": self.offset, "epoch": self.epoch}}
+
+    def _subscribed(self, ack: Any) -> None:
+        """The ``#subscribe`` acknowledgement: on a channel with history, the position."""
+        if not isinstance(ack, dict):
+            return
+        offset, epoch = ack.get("offset"), ack.get("epoch")
+        if type(offset) is not int or not isinstance(epoch, str):
+            return
+        recovered = ack.get("recovered")
+        if isinstance(recovered, bool):
+            self.recovered = recovered
+            if recovered:
+                return  # the missed publications follow and move the position
+        if epoch != self.epoch or self.offset is None or self.offset < offset:
+            self.offset, self.epoch = offset, epoch

@@ -456,7 +456,9 @@ class _Connection:
                 self.respond(cid)
             case "#publish":
                 if isinstance(data, Mapping) and isinstance(data.get("channel"), str):
-                    client._deliver(data["channel"], data.get("data"))
+                    client._deliver(
+                        data["channel"], data.get("data"), data.get("offset"), data.get("epoch")
+                    )
             case "#kickOut":
                 if isinstance(data, Mapping) and isinstance(data.get("channel"), str):
                     client._kicked(data["channel"], data.get("message"))
@@ -789,15 +791,16 @@ class Client:
 
     async def publish(
         self, channel: str, data: Any = None, *, timeout_s: float | None = None
-    ) -> None:
-        """Publish ``data`` on ``channel`` and wait for the server's acknowledgement.
+    ) -> Any:
+        """Publish ``data`` on ``channel`` and wait for the server's acknowledgement; return
+        its data (on a channel with history, ``{"offset": N, "epoch": E}``: it is stored).
 
         As ``invoke``: waits for the connection if it is (re)connecting, and ``timeout_s``
         (default ``ack_timeout_s``) covers the wait and the acknowledgement. Raises what
         ``invoke`` raises (a middleware's refusal, ``TimeoutError``, ``BadConnectionError``).
         A publish that timed out may still have been delivered. Cancellation forgets it.
         """
-        await self._invoke("#publish", {"channel": channel, "data": data}, timeout_s)
+        return await self._invoke("#publish", {"channel": channel, "data": data}, timeout_s)
 
     async def transmit_publish(self, channel: str, data: Any = None) -> None:
         """Publish without acknowledgement (failures are not reported), as ``transmit``."""
@@ -824,8 +827,9 @@ class Client:
         packet: dict[str, Any] = {"channel": ch.name}
         if ch.wait_for_auth:
             packet["waitForAuth"] = True
-        if ch.data is not None:
-            packet["data"] = ch.data
+        data = ch._subscribe_data()
+        if data is not None:
+            packet["data"] = data
         try:
             pending = await conn.invoke("#subscribe", packet)
         except BadConnectionError:
@@ -837,6 +841,7 @@ class Client:
             return  # unsubscribed meanwhile
         if pending.error is None:
             ch.error = None
+            ch._subscribed(pending.data)
             ch._set_state(ChannelState.SUBSCRIBED)
             return
         ch.error = _as_error(pending.error)
@@ -846,10 +851,10 @@ class Client:
         del self._channels[ch.name]
         ch._set_state(ChannelState.UNSUBSCRIBED)
 
-    def _deliver(self, channel: str, data: Any) -> None:
+    def _deliver(self, channel: str, data: Any, offset: Any = None, epoch: Any = None) -> None:
         ch = self._channels.get(channel)
         if ch is not None:
-            ch._deliver(data)
+            ch._deliver(data, offset, epoch)
 
     def _kicked(self, channel: str, message: Any) -> None:
         ch = self._channels.pop(channel, None)

@@ -39,11 +39,12 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import trio
 
 from ..auth import AuthEngine, Keyring, decode_unverified
-from ..brokers.base import Broker, DistributedBroker, RunnableBroker
+from ..brokers.base import Broker, DistributedBroker, HistoryBroker, RunnableBroker
 from ..brokers.local import LocalBroker
 from ..brokers.local_revocation import LocalRevocationStore
 from ..config import ServerConfig, resolve_cluster_key
 from ..errors import InvalidArgumentsError, InvalidOptionsError
+from ..history import HistoryConfig
 from ..identity import IdentityProvider, TokenVerifier, VerifiedToken
 from ..middleware import (
     Blocked,
@@ -106,6 +107,9 @@ class Server:
     ``AuthEngine``; default: built from the ``auth_*`` options, with a random HS256 key per
     process when no key is given).
 
+    Channel history: ``history=`` (a ``HistoryConfig``) names the channels that keep
+    history, so subscribers can recover what they missed.
+
     Tokens (see ``docs/authentication.md``):
 
     * ``identity_providers``: ``IdentityProvider``s (or their ``ProviderConfig``s) whose
@@ -125,6 +129,7 @@ class Server:
         *,
         broker: Broker | str | None = None,
         auth: AuthEngine | None = None,
+        history: HistoryConfig | None = None,
         now: Callable[[], float] | None = None,
         identity_providers: Sequence[IdentityProvider | ProviderConfig] = (),
         revocation_store: RevocationStore | None = None,
@@ -156,6 +161,10 @@ class Server:
         self._verifier = TokenVerifier(self.auth, providers)
         self.set_revocation_store(revocation_store or self._revocation)
         self._revocation_given = revocation_store is not None
+        if history is not None and not isinstance(history, HistoryConfig):
+            raise InvalidOptionsError("history must be a HistoryConfig")
+        #: Which channels keep history (``history=``), handed to every broker set.
+        self.history = history
         self.broker: Broker = LocalBroker()
         self.set_broker(broker if broker is not None else self.broker)
         self.middleware = MiddlewareRegistry()
@@ -270,6 +279,10 @@ class Server:
                     )
                 )
                 self._revocation_given = False
+        if self.history:
+            if not isinstance(broker, HistoryBroker):
+                raise InvalidOptionsError(f"{type(broker).__name__} keeps no channel history")
+            broker.set_history(self.history)
         self.broker = broker
         if isinstance(broker, DistributedBroker):  # commands from other processes
             broker.set_command_handler(self._apply_command)

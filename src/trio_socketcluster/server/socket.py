@@ -44,9 +44,11 @@ import trio
 
 from .. import errors
 from ..auth import AuthEngine, expiry_of
-from ..brokers.base import Broker, DistributedBroker
+from ..brokers.base import Broker, DistributedBroker, HistoryBroker
+from ..brokers.local import publication_bytes
 from ..config import ServerConfig
 from ..errors import dehydrate_error
+from ..history import Catchup, Publication, RecoverRequest, Recovery, parse_recover
 from ..identity import VerifiedToken
 from ..middleware import (
     UNCHANGED,
@@ -88,6 +90,7 @@ from ..protocol import (
 from ..protocol.codec import (
     REMOVE_AUTH_TOKEN,
     disconnect_bytes,
+    encode,
     event_bytes,
     kick_out_bytes,
     publish_bytes,
@@ -228,6 +231,15 @@ def _logged(outcome: Allowed | Blocked) -> Allowed | Blocked:
     return outcome
 
 
+async def _ready(rec: Recovery) -> Recovery:
+    return rec
+
+
+def _after(catchup: Catchup) -> RecoverRequest:
+    """The request that reads what a catch-up has not delivered yet."""
+    return RecoverRequest(catchup.last, catchup.epoch)
+
+
 class _Pending:
     __slots__ = ("data", "done", "error")
 
@@ -250,11 +262,13 @@ class ServerSocket:
 
     __slots__ = (
         "__dict__",  # the application may attach its own attributes to a socket
+        "_catchups",
         "_channels",
         "_close",
         "_handler_slots",
         "_handshake_event",
         "_held_events",
+        "_history",
         "_last_pong",
         "_machine",
         "_next_cid",
@@ -286,6 +300,10 @@ class ServerSocket:
         self.handshake_data: Any = None
         self.client_disconnect_data: Any = None
         self._channels: dict[str, None] = {}
+        broker = server.broker
+        self._history = broker if isinstance(broker, HistoryBroker) else None
+        # Channels whose history is being read: live publications wait in their Catchup.
+        self._catchups: dict[str, Catchup] = {}
         self._pending: dict[Cid, _Pending] = {}
         self._next_cid = 1
         # Set when ``#handshake`` arrives, then (a fresh one, if the handshake task is already
@@ -524,8 +542,22 @@ class ServerSocket:
 
     # ------------------------------------------------------------------ pub/sub
 
-    def deliver(self, channel: str, data: Any, message: OutboundMessage) -> None:
-        """Broker callback: send a publish to this socket through publish-out middleware."""
+    def deliver(
+        self,
+        channel: str,
+        data: Any,
+        message: OutboundMessage,
+        publication: Publication | None = None,
+    ) -> None:
+        """Broker callback: send a publish to this socket through publish-out middleware
+        (while the channel's history is being read for this socket, it waits in the
+        channel's ``Catchup``)."""
+        if publication is not None and self._catchups:
+            catchup = self._catchups.get(channel)
+            if catchup is not None:
+                for pub in catchup.live(publication):  # nothing while the read is pending
+                    self._deliver_publication(channel, pub)
+                return
         chain = self.server.middleware.chain(Hook.PUBLISH_OUT)
         if not chain:
             self._transport.send(message)
@@ -536,19 +568,36 @@ class ServerSocket:
         )  # fmt: skip
         outcome = start_chain(chain, request)
         if not isinstance(outcome, Pending):
-            self._deliver_outcome(outcome, message, channel)
+            self._deliver_outcome(outcome, message, channel, publication)
         elif self._nursery is not None and self._close is None:
-            self._nursery.start_soon(self._deliver_async, outcome, channel, message)
+            self._nursery.start_soon(self._deliver_async, outcome, channel, message, publication)
         else:
             outcome.close()
 
+    def _deliver_publication(self, channel: str, pub: Publication) -> None:
+        """Deliver a publication read from the history (or buffered during the read)."""
+        try:
+            message = OutboundMessage(publication_bytes(channel, encode(pub.data), pub))
+        except TypeError:
+            log.warning("a stored publication on %r has no JSON form", channel)
+            return
+        self.deliver(channel, pub.data, message, pub)
+
     async def _deliver_async(
-        self, pending: Pending, channel: str, message: OutboundMessage
+        self,
+        pending: Pending,
+        channel: str,
+        message: OutboundMessage,
+        publication: Publication | None,
     ) -> None:
-        self._deliver_outcome(await pending.resume(), message, channel)
+        self._deliver_outcome(await pending.resume(), message, channel, publication)
 
     def _deliver_outcome(
-        self, outcome: Allowed | Blocked, message: OutboundMessage, channel: str
+        self,
+        outcome: Allowed | Blocked,
+        message: OutboundMessage,
+        channel: str,
+        publication: Publication | None = None,
     ) -> None:
         if isinstance(outcome, Blocked):
             if outcome.exception is not None:
@@ -556,7 +605,11 @@ class ServerSocket:
             return
         if outcome.changed:
             try:
-                message = OutboundMessage(publish_bytes(channel, outcome.data))
+                message = OutboundMessage(
+                    publish_bytes(channel, outcome.data)
+                    if publication is None
+                    else publication_bytes(channel, encode(outcome.data), publication)
+                )
             except TypeError:
                 log.warning("publishOut middleware returned data with no JSON form")
                 return
@@ -573,6 +626,7 @@ class ServerSocket:
 
     def _unsubscribe(self, channel: str) -> None:
         self._channels.pop(channel, None)
+        self._catchups.pop(channel, None)
         self.server.broker.unsubscribe(channel, self)
 
     # ------------------------------------------------------------------ closing
@@ -1059,6 +1113,9 @@ class ServerSocket:
         if self._close is not None:
             return None
         server = self.server
+        history = self._history
+        if history is not None and history.history_policy(event.channel) is not None:
+            return self._subscribe_with_history(history, event)
         self._channels[event.channel] = None
         server.broker.subscribe(event.channel, self)
         distributed = server.distributed_broker
@@ -1075,6 +1132,115 @@ class ServerSocket:
         with trio.move_on_after(self.server.config.ack_timeout_s):
             await synced()
         self._respond(cid)
+
+    def _subscribe_with_history(
+        self, history: HistoryBroker, event: Subscribe
+    ) -> Awaitable[None] | None:
+        # Registered for live publications first (they wait in the Catchup), then the
+        # history is read: every offset above the recovery point is in the read or arrives
+        # live, and the Catchup drops the ones that are in both.
+        channel = event.channel
+        request = parse_recover(event.data)
+        if channel in self._channels:
+            # Already subscribed: a repeated #subscribe changes nothing.
+            self._respond(event.cid)
+            return None
+        self._catchups[channel] = Catchup(
+            after=request.offset if request else 0, epoch=request.epoch if request else ""
+        )
+        self._channels[channel] = None
+        history.subscribe(channel, self)
+        distributed = self.server.distributed_broker
+        if distributed is None:
+            result = history.recover(channel, request)
+            if isinstance(result, Recovery):
+                self._recovered(event, result, asked=request is not None, history=history)
+                return None
+            return self._recover_async(event, history, request, result, None)
+        return self._recover_async(event, history, request, None, distributed.wait_synced)
+
+    async def _recover_async(
+        self,
+        event: Subscribe,
+        history: HistoryBroker,
+        request: RecoverRequest | None,
+        read: Awaitable[Recovery] | None,
+        synced: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        channel = event.channel
+        try:
+            if read is None:
+                if synced is not None:
+                    # The subscription must be live cluster-wide before the read.
+                    with trio.move_on_after(self.server.config.ack_timeout_s):
+                        await synced()
+                result = history.recover(channel, request)
+                rec = result if isinstance(result, Recovery) else await result
+            else:
+                rec = await read
+        except errors.BrokerError as exc:
+            if self._catchups.get(channel) is not None:
+                self._unsubscribe(channel)
+            self._respond(event.cid, error=exc)
+            return
+        self._recovered(event, rec, asked=request is not None, history=history)
+
+    def _recovered(
+        self, event: Subscribe, rec: Recovery, *, asked: bool, history: HistoryBroker
+    ) -> None:
+        channel = event.channel
+        catchup = self._catchups.get(channel)
+        if catchup is None or self._close is not None:
+            return  # unsubscribed (or closing) while the history was read
+        ack = rec.ack()
+        if not asked:
+            del ack["recovered"]
+        self._respond(event.cid, data=ack)
+        pubs = catchup.resolve(rec)
+        while True:
+            for pub in pubs:
+                self._deliver_publication_now(channel, pub)
+            if not catchup.pending:
+                break
+            # The buffer overflowed during the read: read again after what was delivered.
+            again = history.recover(channel, _after(catchup))
+            if not isinstance(again, Recovery):
+                # (a distributed broker) finish asynchronously; live ones keep buffering
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._catch_up_async, channel, catchup, again)
+                return
+            pubs = catchup.resolve(again)
+        self._catchups.pop(channel, None)
+
+    async def _catch_up_async(
+        self, channel: str, catchup: Catchup, read: Awaitable[Recovery]
+    ) -> None:
+        history = self._history
+        assert history is not None
+        while True:
+            try:
+                rec = await read
+            except errors.BrokerError:
+                log.warning("socket %s: catching up on %r failed", self.id, channel)
+                rec = Recovery(False, catchup.last, catchup.epoch)
+            if self._catchups.get(channel) is not catchup:
+                return
+            for pub in catchup.resolve(rec):
+                self._deliver_publication_now(channel, pub)
+            if not catchup.pending:
+                self._catchups.pop(channel, None)
+                return
+            result = history.recover(channel, _after(catchup))
+            read = _ready(result) if isinstance(result, Recovery) else result
+
+    def _deliver_publication_now(self, channel: str, pub: Publication) -> None:
+        catchups = self._catchups
+        catchup = catchups.pop(channel, None)  # deliver past the catch-up's buffer
+        try:
+            self._deliver_publication(channel, pub)
+        finally:
+            if catchup is not None:
+                catchups[channel] = catchup
 
     def _on_unsubscribe(self, event: Unsubscribe) -> None:
         self._check_expiry()
@@ -1101,8 +1267,7 @@ class ServerSocket:
             return None
         chain = server.middleware.chain(Hook.PUBLISH_IN)
         if not chain:
-            self._publish(event, event.data, MISSING)
-            return None
+            return self._publish(event, event.data, MISSING)
         outcome = start_chain(
             chain,
             PublishInRequest(
@@ -1112,30 +1277,72 @@ class ServerSocket:
         )  # fmt: skip
         if isinstance(outcome, Pending):
             return self._publish_when_allowed(outcome, event)
-        self._publish_outcome(outcome, event)
-        return None
+        return self._publish_outcome(outcome, event)
 
     async def _publish_when_allowed(self, pending: Pending, event: Publish) -> None:
-        self._publish_outcome(await pending.resume(), event)
+        waiting = self._publish_outcome(await pending.resume(), event)
+        if waiting is not None:
+            await waiting
 
-    def _publish_outcome(self, outcome: Allowed | Blocked, event: Publish) -> None:
+    def _publish_outcome(
+        self, outcome: Allowed | Blocked, event: Publish
+    ) -> Awaitable[None] | None:
         if isinstance(outcome, Blocked):
             _logged(outcome)
             self._respond(event.cid, error=_block_error(outcome.error))
-            return
+            return None
         assert isinstance(outcome, Allowed)
         ack = MISSING if outcome.ack_data is UNCHANGED else outcome.ack_data
-        self._publish(event, outcome.data, ack)
+        return self._publish(event, outcome.data, ack)
 
-    def _publish(self, event: Publish, data: Any, ack: Any) -> None:
+    def _publish(self, event: Publish, data: Any, ack: Any) -> Awaitable[None] | None:
+        history = self._history
+        if history is not None and history.history_policy(event.channel) is not None:
+            return self._publish_stored(history, event, data, ack)
         try:
             self.server.broker.publish(event.channel, data)
         except errors.BrokerError as exc:
             self._respond(event.cid, error=exc)
-            return
+            return None
         except TypeError:
             self._respond(
                 event.cid, error=errors.InvalidArgumentsError("Publish data has no JSON form")
             )
+            return None
+        self._respond(event.cid, data=ack)
+        return None
+
+    def _publish_stored(
+        self, history: HistoryBroker, event: Publish, data: Any, ack: Any
+    ) -> Awaitable[None] | None:
+        # The acknowledgement says where the publication is stored: {offset, epoch}
+        # (unless publish-in middleware chose the ack data), and is sent once it is stored.
+        try:
+            result = history.publish_stored(event.channel, data)
+        except errors.BrokerError as exc:
+            self._respond(event.cid, error=exc)
+            return None
+        except TypeError:
+            self._respond(
+                event.cid, error=errors.InvalidArgumentsError("Publish data has no JSON form")
+            )
+            return None
+        if isinstance(result, Publication):
+            self._ack_stored(event, result, ack)
+            return None
+        return self._ack_when_stored(event, result, ack)
+
+    async def _ack_when_stored(
+        self, event: Publish, stored: Awaitable[Publication], ack: Any
+    ) -> None:
+        try:
+            pub = await stored
+        except errors.BrokerError as exc:
+            self._respond(event.cid, error=exc)
             return
+        self._ack_stored(event, pub, ack)
+
+    def _ack_stored(self, event: Publish, pub: Publication, ack: Any) -> None:
+        if ack is MISSING:
+            ack = {"offset": pub.offset, "epoch": pub.epoch}
         self._respond(event.cid, data=ack)
