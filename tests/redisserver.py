@@ -14,11 +14,12 @@ from procs import TESTS, Lines, Process, free_port, stop
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, extra_args: tuple[str, ...] = ()) -> None:
         if shutil.which("redis-server") is None:
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
         self.port = port or free_port()
         self.proc: subprocess.Popen[str] | None = None
+        self.extra_args = extra_args  # e.g. persistence: later arguments win
 
     @property
     def url(self) -> str:
@@ -27,7 +28,7 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> None:
         proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--loglevel", "notice"],
+             "--appendonly", "no", "--loglevel", "notice", *self.extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         self.proc = proc

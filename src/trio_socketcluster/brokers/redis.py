@@ -23,6 +23,19 @@ What it owns:
   to ``reconnect_max_s``, with jitter); every held channel is subscribed again. Messages
   published while a process is disconnected are lost for it: Redis pub/sub is at-most-once.
 
+**Channel history** (``set_history``, from ``Server(history=...)``): a publication on a
+channel with a policy is not fanned out locally nor queued; ``publish_stored`` runs the
+``RedisHistory`` append script, which stores it in the channel's stream (offset, epoch) and
+publishes the frame ``H<offset>:<epoch>:<signed bus message>`` in the same atomic step, so
+every process (this one too) receives the channel's frames in offset order, and the publisher
+is acknowledged only once Redis stored it. Each process keeps the last offset it delivered
+per channel (a ``GapTracker``, started from the stream's position once the channel is
+subscribed, and checked again after every reconnect): a frame past a gap (frames lost while
+the subscriber connection was down, or a Redis restart) first fills the gap from the stream,
+a duplicate is dropped. With Redis persistence (AOF, ``appendfsync always``) every
+acknowledged publication survives a Redis crash; without it the history is lost and a new
+epoch starts (subscribers recovering get ``recovered: false``).
+
 Cluster commands (``Server.deauthenticate_user`` ...) travel on one control channel, signed the
 same way, in order with the publishes of the same process; the server registers the function
 that applies them with ``set_command_handler``.
@@ -55,10 +68,21 @@ import trio
 
 from ..config import CLUSTER_KEY_ENV, resolve_cluster_key
 from ..errors import BrokerError, InvalidOptionsError
+from ..history import (
+    Arrival,
+    Catchup,
+    GapTracker,
+    HistoryConfig,
+    HistoryPolicy,
+    Publication,
+    RecoverRequest,
+    Recovery,
+)
 from ..protocol.codec import encode, publish_bytes
 from ..transport.base import OutboundMessage
 from .base import Subscriber
-from .local import LocalBroker
+from .local import LocalBroker, publication_bytes
+from .redis_history import RedisHistory, decode_frame
 
 __all__ = ["CLUSTER_KEY_ENV", "BrokerStats", "RedisBroker", "derive_bus_key"]
 
@@ -99,6 +123,9 @@ class BrokerStats:
     dropped_stale: int = 0  #: timestamp further than ``max_skew_s`` from our clock
     dropped_replayed: int = 0  #: sequence number not above the last one seen from its origin
     reconnects: int = 0  #: connections re-established after a failure
+    stored: int = 0  #: publications stored in a channel history (and published with it)
+    gaps_filled: int = 0  #: publications read from a history to fill a gap in the frames
+    gaps_lost: int = 0  #: offsets of a gap no longer in the history (lost for this process)
 
     @property
     def dropped(self) -> int:
@@ -164,6 +191,12 @@ class RedisBroker:
         self._subs_changed = trio.Event()
         self._idle = trio.Event()  # set while Redis subscriptions match ``_held``
         self._command_handler: CommandHandler | None = None
+        self.history = RedisHistory(client, prefix=channel_prefix)
+        self._history_config: HistoryConfig | None = None
+        self._policies: dict[str, HistoryPolicy | None] = {}
+        self._tracker = GapTracker()
+        self._fills: dict[str, Catchup] = {}  # channels whose gap is being read
+        self._nursery: trio.Nursery | None = None
 
     @classmethod
     def from_url(
@@ -210,6 +243,8 @@ class RedisBroker:
         self.local.unsubscribe(channel, subscriber)
         if channel in self._held and not self.local.subscribers(channel):
             del self._held[channel]
+            self._tracker.forget(channel)
+            self._fills.pop(channel, None)
             self._changed()
 
     def publish(self, channel: str, data: Any) -> None:
@@ -217,7 +252,16 @@ class RedisBroker:
 
         ``TypeError`` (nothing delivered) if ``data`` has no JSON form; ``BrokerError`` (local
         subscribers served, other processes not) when Redis is unreachable or the queue full.
+        On a channel with history the publication is stored in Redis in the background and
+        reaches every subscriber (local ones too) from there (``publish_stored`` waits).
         """
+        if self._history_config is not None and self.history_policy(channel) is not None:
+            if not self._up or self._nursery is None:
+                self.stats.rejected += 1
+                raise BrokerError("Redis is unreachable: not stored")
+            payload = self._bus_message({"k": "p", "c": channel, "d": data})
+            self._nursery.start_soon(self._store_in_background, channel, payload)
+            return
         message = OutboundMessage(publish_bytes(channel, data))
         self.local.fan_out(channel, data, message)
         self._enqueue(self._data_channel(channel), {"k": "p", "c": channel, "d": data})
@@ -228,6 +272,222 @@ class RedisBroker:
 
     def channels(self) -> list[str]:
         return self.local.channels()
+
+    # ------------------------------------------------------------------ history
+
+    def set_history(self, config: HistoryConfig) -> None:
+        """Keep history (in Redis) for the channels ``config`` names."""
+        self._history_config = config if config else None
+        self._policies = {}
+
+    def history_policy(self, channel: str) -> HistoryPolicy | None:
+        config = self._history_config
+        if config is None:
+            return None
+        try:
+            return self._policies[channel]
+        except KeyError:
+            policy = config.policy_for(channel)
+            if len(self._policies) >= 65_536:
+                self._policies.clear()
+            self._policies[channel] = policy
+            return policy
+
+    def _bus_message(self, fields: dict[str, Any]) -> bytes:
+        self._seq += 1
+        body = encode(
+            {"v": 1, "o": self.origin, "n": self._seq, "t": int(self._clock() * 1000), **fields}
+        )
+        return self._sign(body)
+
+    async def publish_stored(self, channel: str, data: Any) -> Publication:
+        """Store the publication in Redis (which publishes it to every process); its offset
+        and epoch once stored. ``BrokerError`` when Redis does not answer in time (it may
+        still have stored it), ``TypeError`` when ``data`` has no JSON form."""
+        policy = self.history_policy(channel)
+        if policy is None:
+            raise LookupError(f"channel {channel!r} keeps no history")
+        payload = self._bus_message({"k": "p", "c": channel, "d": data})
+        if not self._up:
+            self.stats.rejected += 1
+            raise BrokerError("Redis is unreachable: not stored")
+        pub = await self._append(channel, payload, policy)
+        return Publication(pub.offset, pub.epoch, data)
+
+    async def _append(self, channel: str, payload: bytes, policy: HistoryPolicy) -> Publication:
+        try:
+            with trio.fail_after(self._send_timeout_s):
+                pub = await self.history.append(
+                    channel, payload, policy, publish_to=self._data_channel(channel)
+                )
+        except Exception as exc:
+            self.stats.rejected += 1
+            raise BrokerError(f"Redis did not store the publication: {exc!r}") from None
+        self.stats.stored += 1
+        self.stats.sent += 1
+        return pub
+
+    async def _store_in_background(self, channel: str, payload: bytes) -> None:
+        policy = self.history_policy(channel)
+        if policy is None:
+            return
+        try:
+            await self._append(channel, payload, policy)
+        except BrokerError as exc:
+            self.stats.lost += 1
+            log.warning("publication on %r lost: %s", channel, exc)
+
+    async def recover(self, channel: str, request: RecoverRequest | None) -> Recovery:
+        """What a subscriber missed since ``request``, read from Redis (``data`` decoded and
+        its signature checked); ``BrokerError`` when Redis does not answer in time."""
+        policy = self.history_policy(channel)
+        if policy is None:
+            raise LookupError(f"channel {channel!r} keeps no history")
+        try:
+            with trio.fail_after(self._send_timeout_s):
+                rec = await self.history.recover(channel, request or RecoverRequest(0, ""), policy)
+        except Exception as exc:
+            raise BrokerError(f"Redis did not answer the history read: {exc!r}") from None
+        pubs = self._decode_publications(rec.publications)
+        if len(pubs) != len(rec.publications):  # a forged or damaged entry: cannot vouch
+            return Recovery(False, rec.offset, rec.epoch)
+        return Recovery(rec.recovered, rec.offset, rec.epoch, pubs)
+
+    def _decode_publications(self, pubs: tuple[Publication, ...]) -> tuple[Publication, ...]:
+        out = []
+        for pub in pubs:
+            msg = self._verified(pub.data) if isinstance(pub.data, bytes) else None
+            if msg is not None:
+                out.append(Publication(pub.offset, pub.epoch, msg.get("d")))
+        return tuple(out)
+
+    def _verified(self, raw: bytes) -> dict[str, Any] | None:
+        """The body of a signed bus message, or ``None`` (counted) if it is not one."""
+        if (
+            len(raw) < _BODY_START + 3
+            or not raw.startswith(_HEAD)
+            or raw[_SIG_END:_BODY_START] != _MID
+            or not raw.endswith(b"}")
+        ):
+            self.stats.dropped_malformed += 1
+            return None
+        body = raw[_BODY_START:-1]
+        expected = hmac.digest(self._key, body, "sha256").hex().encode("ascii")
+        if not hmac.compare_digest(expected, raw[len(_HEAD) : _SIG_END]):
+            self.stats.dropped_bad_signature += 1
+            return None
+        try:
+            msg = json.loads(body)
+        except ValueError:
+            self.stats.dropped_malformed += 1
+            return None
+        if not isinstance(msg, dict) or msg.get("v") != 1 or not isinstance(msg.get("c"), str):
+            self.stats.dropped_malformed += 1
+            return None
+        return msg
+
+    def _receive_frame(self, raw: bytes) -> None:
+        frame = decode_frame(raw)
+        if frame is None:
+            self.stats.dropped_malformed += 1
+            return
+        offset, epoch, payload = frame
+        msg = self._verified(payload)
+        if msg is None:
+            return
+        channel: str = msg["c"]
+        if not self.local.subscribers(channel) or self.history_policy(channel) is None:
+            return
+        self.stats.received += 1
+        self._arrive(channel, Publication(offset, epoch, msg.get("d")))
+
+    def _arrive(self, channel: str, pub: Publication) -> None:
+        fill = self._fills.get(channel)
+        if fill is not None:
+            for p in fill.live(pub):
+                self._fan_out(channel, p)
+            return
+        verdict = self._tracker.observe(channel, pub.offset, pub.epoch)
+        if verdict.arrival is Arrival.DELIVER:
+            self._fan_out(channel, pub)
+        elif verdict.arrival is not Arrival.DUPLICATE:
+            missing = verdict.missing
+            if not missing:
+                self._fan_out(channel, pub)
+                return
+            self._start_fill(channel, missing, pub.epoch, pub)
+
+    def _start_fill(
+        self, channel: str, missing: range, epoch: str, first_live: Publication | None
+    ) -> None:
+        catchup = Catchup(after=missing.start - 1, epoch=epoch, max_buffer=100_000)
+        if first_live is not None:
+            catchup.live(first_live)
+        if self._nursery is None:
+            return
+        self._fills[channel] = catchup
+        self._nursery.start_soon(self._fill, channel, catchup, missing)
+
+    async def _fill(self, channel: str, catchup: Catchup, missing: range) -> None:
+        first, last = missing.start, missing.stop - 1
+        while True:
+            pubs: tuple[Publication, ...] = ()
+            policy = self.history_policy(channel)
+            try:
+                if policy is not None:
+                    with trio.fail_after(self._send_timeout_s):
+                        epoch, raw = await self.history.read_range(channel, first, last, policy)
+                    if epoch == catchup.epoch:
+                        pubs = self._decode_publications(raw)
+            except Exception as exc:
+                log.warning("filling a gap on %r failed: %r", channel, exc)
+            if self._fills.get(channel) is not catchup:
+                return  # unsubscribed meanwhile
+            self.stats.gaps_filled += len(pubs)
+            self.stats.gaps_lost += max(0, last - first + 1 - len(pubs))
+            for p in catchup.recovered(pubs):
+                self._fan_out(channel, p)
+            if not catchup.pending:
+                del self._fills[channel]
+                position = self._tracker.position(channel)
+                if position is None or position[0] != catchup.epoch or position[1] < catchup.last:
+                    self._tracker.start(channel, catchup.last, catchup.epoch)
+                return
+            first, last = catchup.last + 1, catchup.last + 1_000_000
+
+    def _fan_out(self, channel: str, pub: Publication) -> None:
+        try:
+            message = OutboundMessage(publication_bytes(channel, encode(pub.data), pub))
+        except TypeError:
+            self.stats.dropped_malformed += 1
+            return
+        self.local.fan_out(channel, pub.data, message, pub)
+
+    async def _resync(self, channel: str) -> None:
+        """After (re)subscribing a channel with history: its position in Redis becomes the
+        baseline, or, if frames were missed meanwhile, the gap is filled at once."""
+        policy = self.history_policy(channel)
+        if policy is None:
+            return
+        try:
+            with trio.fail_after(self._send_timeout_s):
+                position = await self.history.position(channel)
+        except Exception as exc:
+            log.warning("reading the position of %r failed: %r", channel, exc)
+            return
+        if position is None or channel in self._fills or channel not in self._held:
+            return
+        offset, epoch = position
+        last = self._tracker.position(channel)
+        if last is None:
+            self._tracker.start(channel, offset, epoch)
+        elif last[0] == epoch and offset > last[1]:
+            self._tracker.start(channel, offset, epoch)
+            self._start_fill(channel, range(last[1] + 1, offset + 1), epoch, None)
+        elif last[0] != epoch:
+            self._tracker.start(channel, offset, epoch)
+            if offset:
+                self._start_fill(channel, range(1, offset + 1), epoch, None)
 
     # ------------------------------------------------------------------ cluster commands
 
@@ -303,6 +563,9 @@ class RedisBroker:
 
     def receive(self, raw: bytes) -> None:
         """Handle one bus message as it came from Redis (public for tests and tools)."""
+        if raw.startswith(b"H"):
+            self._receive_frame(raw)
+            return
         stats = self.stats
         if (
             len(raw) < _BODY_START + 3
@@ -391,11 +654,13 @@ class RedisBroker:
         """
         try:
             async with self._client, trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await self._check_connection()
                 nursery.start_soon(self._publisher)
                 nursery.start_soon(self._subscriber)
                 task_status.started()
         finally:
+            self._nursery = None
             self._set_up(False)
 
     def _set_up(self, up: bool) -> None:
@@ -504,6 +769,10 @@ class RedisBroker:
                 handlers = {self._data_channel(c).decode(): self._on_pubsub_message for c in chunk}
                 await pubsub.subscribe(**handlers)
                 self._active.update(chunk)
+                if self._history_config is not None and self._nursery is not None:
+                    for c in chunk:
+                        if self.history_policy(c) is not None:
+                            self._nursery.start_soon(self._resync, c)
             for i in range(0, len(remove), _BATCH):
                 chunk = remove[i : i + _BATCH]
                 await pubsub.unsubscribe(*(self._data_channel(c) for c in chunk))
