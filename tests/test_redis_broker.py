@@ -35,7 +35,9 @@ class Sub:
         self.got: list[tuple[str, Any, OutboundMessage]] = []
         self.arrived = trio.Event()
 
-    def deliver(self, channel: str, data: Any, message: OutboundMessage) -> None:
+    def deliver(
+        self, channel: str, data: Any, message: OutboundMessage, publication: Any = None
+    ) -> None:
         self.got.append((channel, data, message))
         self.arrived.set()
 

@@ -132,7 +132,9 @@ async def test_publish_frames_are_shared_by_all_subscribers() -> None:
     seen: list[OutboundMessage] = []
 
     class Sub:
-        def deliver(self, channel: str, data: Any, message: OutboundMessage) -> None:
+        def deliver(
+            self, channel: str, data: Any, message: OutboundMessage, publication: Any = None
+        ) -> None:
             seen.append(message)
 
     broker = LocalBroker()
