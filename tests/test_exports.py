@@ -26,6 +26,8 @@ PURE_MODULES = sorted(
         PACKAGE / "errors.py",
         PACKAGE / "config.py",
         PACKAGE / "ratelimit.py",
+        PACKAGE / "limits.py",
+        PACKAGE / "metrics.py",
     ]
 )
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from .errors import InvalidOptionsError
+from .limits import AdmissionLimits
 
 __all__ = [
     "AUTH_KEY_ENV",
@@ -97,6 +98,37 @@ class ServerConfig:
     renew_before_s: float | None = None
     """When set, the renewal hook is called this many seconds before a token expires."""
     shutdown_timeout_s: float = 5.0
+    metrics: bool = False
+    """Serve ``GET /metrics`` (Prometheus text) on the WebSocket port. Prefer
+    ``metrics_port`` for a server the public can reach."""
+    metrics_port: int | None = None
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on a port of their own (0 picks one),
+    bound to ``metrics_host``, beside the WebSocket port (``serve``/``serve_listeners``)."""
+    metrics_host: str = "127.0.0.1"
+    health_checks: bool = True
+    """Answer ``GET /healthz`` (200 while the process runs) and ``GET /readyz`` (200 while
+    accepting connections, 503 once draining) on the WebSocket port."""
+    max_connections: int | None = None
+    """Refuse upgrades (HTTP 503 with ``Retry-After``) while this many connections are open."""
+    handshake_rate_per_s: float | None = None
+    """Accept at most this many upgrades per second overall (a token bucket; see ``limits``),
+    refusing the rest with 503 and ``Retry-After``."""
+    handshake_burst: float | None = None
+    """The overall bucket's capacity (default: one second's worth, at least 1)."""
+    per_address_rate_per_s: float | None = None
+    """The same, per client address (the TCP peer: behind a proxy, the proxy's address)."""
+    per_address_burst: float | None = None
+
+    @property
+    def admission_limits(self) -> AdmissionLimits:
+        """The limits ``limits.Admission`` enforces at the upgrade."""
+        return AdmissionLimits(
+            max_connections=self.max_connections,
+            handshake_rate_per_s=self.handshake_rate_per_s,
+            handshake_burst=self.handshake_burst,
+            per_address_rate_per_s=self.per_address_rate_per_s,
+            per_address_burst=self.per_address_burst,
+        )
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -116,3 +148,6 @@ class ServerConfig:
             raise InvalidOptionsError("auth_private_key and auth_public_key go together")
         if self.max_concurrent_handlers < 1:
             raise InvalidOptionsError("max_concurrent_handlers must be >= 1")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise InvalidOptionsError("metrics_port must be in 0..65535 (0 picks a free port)")
+        self.admission_limits  # noqa: B018  (validates the limits)

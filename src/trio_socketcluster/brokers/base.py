@@ -14,7 +14,8 @@ Capabilities beyond ``Broker`` are explicit, runtime-checkable protocols (checke
 * ``DistributedBroker``: a runnable broker shared by several processes (``RedisBroker``):
   ``wait_synced()`` (subscriptions live cluster-wide, awaited before a subscribe is
   acknowledged), ``set_command_handler``/``send_command`` (cluster-wide actions such as
-  ``Server.disconnect_user``).
+  ``Server.disconnect_user``);
+* ``ObservableBroker``: what ``/metrics`` reads (``delivered``, ``state()``).
 
 * ``HistoryBroker``: keeps the history of the channels its ``HistoryConfig`` names
   (``set_history``, given by ``Server(history=...)``): ``publish_stored`` answers once the
@@ -43,6 +44,7 @@ __all__ = [
     "CommandHandler",
     "DistributedBroker",
     "HistoryBroker",
+    "ObservableBroker",
     "RunnableBroker",
     "Subscriber",
 ]
@@ -81,6 +83,20 @@ class Broker(Protocol):
 
     def channels(self) -> list[str]:
         """Channels with at least one local subscriber."""
+        ...
+
+
+@runtime_checkable
+class ObservableBroker(Protocol):
+    """A broker the server's metrics can read (both of ours are)."""
+
+    @property
+    def delivered(self) -> int:
+        """Publications handed to this process's subscribers, summed over subscribers."""
+        ...
+
+    def state(self) -> Mapping[str, float]:
+        """The broker's state for ``/metrics`` (``connected``, ``outbound_queue``...)."""
         ...
 
 

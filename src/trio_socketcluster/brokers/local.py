@@ -75,6 +75,9 @@ class LocalBroker:
         self._next_sweep = 0.0
         if history is not None:
             self.set_history(history)
+        #: Publications handed to local subscribers, summed over subscribers (one addition per
+        #: publication, read by the server's metrics).
+        self.delivered = 0
 
     def subscribe(self, channel: str, subscriber: Subscriber) -> None:
         subs = self._channels.get(channel)
@@ -107,6 +110,7 @@ class LocalBroker:
         subs = self._channels.get(channel)
         if not subs:
             return
+        self.delivered += len(subs)
         if publication is None:
             for sub in tuple(subs):
                 sub.deliver(channel, data, message)
@@ -167,3 +171,7 @@ class LocalBroker:
         if rec is None:
             raise LookupError(f"channel {channel!r} keeps no history")
         return rec
+
+    def state(self) -> dict[str, float]:
+        """Nothing to report: an in-process broker is always up."""
+        return {}

@@ -507,6 +507,21 @@ class RedisBroker:
         """Whether publishes are currently accepted for the other processes."""
         return self._up
 
+    @property
+    def delivered(self) -> int:
+        """Publications handed to this process's subscribers (summed over subscribers)."""
+        return self.local.delivered
+
+    def state(self) -> dict[str, float]:
+        """For the server's metrics: ``connected`` (1/0), ``outbound_queue`` (messages
+        waiting for Redis) and every count of ``stats``."""
+        out: dict[str, float] = {
+            "connected": 1.0 if self._up else 0.0,
+            "outbound_queue": float(len(self._queue)),
+        }
+        out.update((k, float(v)) for k, v in self.stats.as_dict().items())
+        return out
+
     async def wait_connected(self) -> None:
         """Return once the publisher's connection works."""
         while not self._up:

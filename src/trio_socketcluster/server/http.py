@@ -1,9 +1,11 @@
 """Plain HTTP on the WebSocket port: serving a directory of static files.
 
 ``Server.http_handler`` receives every request that is not a WebSocket upgrade on the
-server's path (``HandshakeRequest``) and returns the response as a ``Rejection`` (status,
-text body, headers). ``static_files(directory)`` builds one for a demo page: GET only, files
-under ``directory`` only (no ``..`` escapes, no symlinks out), text types only, 404 otherwise.
+server's path (``HandshakeRequest``: method, path, query, headers and a body of at most
+``MAX_BODY_BYTES``, 64 KiB; a larger one is answered 413 before the handler runs) and returns
+the response as a ``Rejection`` (status, text body, headers). ``static_files(directory)``
+builds one for a demo page: GET and HEAD only (else 405), files under ``directory`` only
+(no ``..`` escapes, no symlinks out), text types only, 404 otherwise.
 """
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ import trio
 
 from ..transport.base import HandshakeRequest, Rejection
 
-__all__ = ["HttpHandler", "static_files"]
+__all__ = ["UPGRADE_REQUIRED", "HttpHandler", "static_files"]
 
 HttpHandler = Callable[[HandshakeRequest], Awaitable[Rejection]]
+
+#: The answer to plain HTTP when nothing else answers.
+UPGRADE_REQUIRED = Rejection(
+    status=426,
+    body="Upgrade Required: this is a WebSocket endpoint",
+    headers=(("Upgrade", "websocket"),),
+)
 
 _TEXT_TYPES = {"application/javascript", "application/json", "image/svg+xml"}
 
@@ -29,9 +38,10 @@ def static_files(directory: str | Path, *, index: str = "index.html") -> HttpHan
     root = Path(directory).resolve()
 
     async def handler(request: HandshakeRequest) -> Rejection:
-        method = request.header(":method") or "GET"
-        if method not in ("GET", "HEAD"):
-            return Rejection(status=405, body="Method Not Allowed")
+        if request.method not in ("GET", "HEAD"):
+            return Rejection(
+                status=405, body="Method Not Allowed", headers=(("Allow", "GET, HEAD"),)
+            )
         rel = unquote(request.path).lstrip("/") or index
         target = (root / rel).resolve()
         if target.is_dir():

@@ -10,6 +10,17 @@ Entry points (all structured: nothing runs outside the caller's nursery):
   application that runs its own trio-websocket server (any route it likes).
 * ``server.run(host, port)``: ``trio.run`` with Ctrl+C handling, for scripts.
 
+TLS: ``serve(..., ssl_context=)`` wraps the listeners (``wss://``); ``serve_listeners`` takes
+any trio listeners, ``trio.SSLListener`` included.
+
+Operations (see docs/operations.md): ``server.metrics`` counts what happens (rendered by
+``render_metrics()`` in the Prometheus text format); plain HTTP on the WebSocket port answers
+``/healthz``, ``/readyz`` (``health_checks``) and ``/metrics`` (``metrics=True``) before the
+application's ``http_handler``; ``metrics_port`` serves the three on a port of their own.
+``server.ready`` is false from ``start_draining()`` on (``/readyz`` answers 503, upgrades are
+refused with 503). Admission limits (``max_connections``, handshake rates) refuse upgrades
+with 503 and ``Retry-After`` before any WebSocket work.
+
 Registrations: handlers for custom events (``@server.handler("login")``), middleware
 (``@server.middleware(Hook.PUBLISH_IN)``), listeners for socket lifecycle events
 (``@server.on("connection")``), and the token renewal hook (``@server.renewal``).
@@ -30,8 +41,9 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -39,13 +51,21 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import trio
 
 from ..auth import AuthEngine, Keyring, decode_unverified
-from ..brokers.base import Broker, DistributedBroker, HistoryBroker, RunnableBroker
+from ..brokers.base import (
+    Broker,
+    DistributedBroker,
+    HistoryBroker,
+    ObservableBroker,
+    RunnableBroker,
+)
 from ..brokers.local import LocalBroker
 from ..brokers.local_revocation import LocalRevocationStore
 from ..config import ServerConfig, resolve_cluster_key
 from ..errors import InvalidArgumentsError, InvalidOptionsError
 from ..history import HistoryConfig
 from ..identity import IdentityProvider, TokenVerifier, VerifiedToken
+from ..limits import Admission
+from ..metrics import Gauges, Metrics, render
 from ..middleware import (
     Blocked,
     HandshakeWSRequest,
@@ -57,7 +77,6 @@ from ..middleware import (
 )
 from ..oidc import ProviderConfig
 from ..protocol import MISSING
-from ..protocol.events import Fault
 from ..ratelimit import WarningLimiter
 from ..revocation import (
     DEFAULT_USER_CLAIM,
@@ -69,8 +88,9 @@ from ..revocation import (
     revoked_error,
 )
 from ..transport.base import HandshakeRequest, Rejection, Transport
+from ..transport.upgrade import HeadReader, Refused, handshake_request, http_response
 from ..transport.ws import accept_websocket
-from .http import HttpHandler
+from .http import UPGRADE_REQUIRED, HttpHandler
 from .index import TokenIndex
 from .socket import HandlerEntry, RenewalHook, ServerSocket
 
@@ -96,6 +116,35 @@ class _Runnable(Protocol):
 
 def _socket_id() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(15)).decode("ascii")
+
+
+#: What ``configure_operations`` may change.
+OPERATIONS_OPTIONS = frozenset(
+    {"metrics", "metrics_port", "metrics_host", "health_checks", "max_connections",
+     "handshake_rate_per_s", "handshake_burst", "per_address_rate_per_s", "per_address_burst"}
+)  # fmt: skip
+_NO_STORE = (("Cache-Control", "no-store"),)
+_HEALTH_PATHS = ("/healthz", "/readyz")
+_DRAINING = Rejection(
+    status=503,
+    body="Service Unavailable: the server is shutting down",
+    headers=(("Retry-After", "1"),),
+)
+
+
+def _peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
+    """The TCP peer of ``stream`` (through TLS: of its transport stream), or ``None``."""
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    sock = getattr(inner, "socket", None)
+    try:
+        peer = sock.getpeername() if sock is not None else None
+    except OSError:
+        return None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return (str(peer[0]), int(peer[1]))
+    return None
 
 
 class Server:
@@ -177,6 +226,14 @@ class Server:
         self._clock_offset: float | None = None
         #: Answers plain HTTP requests on the port (see ``server.http.static_files``).
         self.http_handler: HttpHandler | None = None
+        #: What the server counts (``render_metrics()`` exposes it).
+        self.metrics = Metrics()
+        limits = self.config.admission_limits
+        self._admission = Admission(limits) if limits.active else None
+        self._streams = 0  # connections being served (upgrading or open), for max_connections
+        self._draining = False
+        #: The listeners of ``metrics_port`` once ``serve_listeners`` has started.
+        self.metrics_listeners: list[trio.SocketListener] = []
 
     def _make_auth(
         self, cfg: ServerConfig, auth: AuthEngine | None, *, leeway_given: bool
@@ -511,9 +568,10 @@ class Server:
         """The handler registered for ``event`` and whether it is async."""
         return self._handlers.get(event)
 
-    def warn_client(self, fault: Fault, message: str, *args: Any) -> None:
-        """Log a warning a client caused: at most one per ``fault`` a minute, no traceback."""
-        suppressed = self._client_warnings.allow(fault, trio.current_time())
+    def warn_client(self, cause: Hashable, message: str, *args: Any) -> None:
+        """Log a warning a client caused: at most one per ``cause`` (a ``Fault``, or another
+        value from a fixed set, never client input) a minute, no traceback."""
+        suppressed = self._client_warnings.allow(cause, trio.current_time())
         if suppressed is None:
             return
         if suppressed:
@@ -539,6 +597,113 @@ class Server:
     @property
     def client_count(self) -> int:
         return len(self._sockets)
+
+    # ------------------------------------------------------------------ operations
+
+    def configure_operations(self, **options: Any) -> None:
+        """Change the operational options of a loaded application before serving (what the
+        command line's ``--metrics``, ``--metrics-port``, ``--max-connections`` and the
+        rate options do): any of ``OPERATIONS_OPTIONS``; ``InvalidOptionsError`` for others or
+        for invalid values."""
+        unknown = set(options) - OPERATIONS_OPTIONS
+        if unknown:
+            raise InvalidOptionsError(f"not an operational option: {', '.join(sorted(unknown))}")
+        self.config = replace(self.config, **options)
+        limits = self.config.admission_limits
+        self._admission = Admission(limits) if limits.active else None
+
+    @property
+    def ready(self) -> bool:
+        """True while accepting connections; false from ``start_draining()`` on."""
+        return not self._draining
+
+    def start_draining(self) -> None:
+        """Stop accepting: ``/readyz`` answers 503 and upgrades are refused with 503 from now
+        on. Open connections are not touched (the shutdown sequence closes them)."""
+        self._draining = True
+
+    def gauges(self) -> Gauges:
+        """The scrape-time readings of ``/metrics``."""
+        sockets = self._sockets
+        return Gauges(
+            connections=lambda: len(sockets),
+            authenticated_connections=lambda: sum(
+                1 for s in sockets.values() if s.auth_token is not None
+            ),
+            subscriptions=lambda: sum(len(s.channels) for s in sockets.values()),
+            broker=self._broker_state,
+            ready=lambda: self.ready,
+        )
+
+    def _broker_state(self) -> Mapping[str, float]:
+        broker = self.broker
+        return broker.state() if isinstance(broker, ObservableBroker) else {}
+
+    def render_metrics(self) -> str:
+        """Every metric in the Prometheus text format (what ``GET /metrics`` answers)."""
+        m = self.metrics
+        broker = self.broker
+        if isinstance(broker, ObservableBroker):
+            # Handed to sockets by the broker, less those publish-out middleware blocked.
+            m.deliveries = broker.delivered - m.middleware_blocks.get("publishOut", 0)
+        return render(m, self.gauges())
+
+    def ops_response(
+        self, request: HandshakeRequest, *, metrics: bool = True, health: bool = True
+    ) -> Rejection | None:
+        """The answer to ``/metrics`` (with ``metrics``), ``/healthz`` and ``/readyz`` (with
+        ``health``), or ``None`` for any other path."""
+        path = request.path
+        if not ((metrics and path == "/metrics") or (health and path in _HEALTH_PATHS)):
+            return None
+        if request.method not in ("GET", "HEAD"):
+            return Rejection(status=405, body="Method Not Allowed", headers=(("Allow", "GET"),))
+        if path == "/healthz":
+            return Rejection(status=200, body="ok\n", headers=_NO_STORE)
+        if path == "/readyz":
+            if self.ready:
+                return Rejection(status=200, body="ready\n", headers=_NO_STORE)
+            return Rejection(status=503, body="draining\n", headers=_NO_STORE)
+        return Rejection(
+            status=200,
+            body=self.render_metrics(),
+            headers=(("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), *_NO_STORE),
+        )
+
+    async def _http(self, request: HandshakeRequest) -> Rejection:
+        """Plain HTTP on the WebSocket port: health checks and metrics, then the
+        application's ``http_handler``, else 426."""
+        cfg = self.config
+        answer = self.ops_response(request, metrics=cfg.metrics, health=cfg.health_checks)
+        if answer is not None:
+            return answer
+        if self.http_handler is not None:
+            return await self.http_handler(request)
+        return UPGRADE_REQUIRED
+
+    async def _serve_ops_stream(self, stream: trio.abc.Stream) -> None:
+        """One request on the ``metrics_port``: ``/metrics``, ``/healthz``, ``/readyz``."""
+        try:
+            with trio.move_on_after(self.config.handshake_timeout_s):
+                reader = HeadReader()
+                head = None
+                try:
+                    while head is None:
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            return
+                        head = reader.feed(data)
+                    request = handshake_request(head, path="/", remote_address=None)
+                    answer = self.ops_response(request, metrics=True) or Rejection(
+                        status=404, body="Not Found: /metrics, /healthz or /readyz"
+                    )
+                except Refused as refused:
+                    answer = refused.rejection
+                await stream.send_all(http_response(answer))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
 
     def publish(self, channel: str, data: Any = None) -> None:
         """Publish ``data`` on ``channel`` (not subject to publish-in middleware). Never blocks;
@@ -653,9 +818,40 @@ class Server:
 
     # ------------------------------------------------------------------ connections
 
+    def _admit(self, request: HandshakeRequest) -> Rejection | None:
+        """The admission limits and the drain: 503 with ``Retry-After``, or ``None``."""
+        if self._draining:
+            self.metrics.count(self.metrics.refused_connections, "draining")
+            return _DRAINING
+        admission = self._admission
+        if admission is None:
+            return None
+        address = request.remote_address
+        refusal = admission.admit(
+            now=trio.current_time(),
+            address=address[0] if address is not None else None,
+            open_connections=self._streams - 1,  # the others: this one is counted already
+        )
+        if refusal is None:
+            return None
+        self.metrics.count(self.metrics.refused_connections, refusal.cause)
+        self.warn_client(
+            ("refused", refusal.cause), "refusing connections: the %s limit is reached",
+            refusal.cause,
+        )  # fmt: skip
+        return Rejection(
+            status=503,
+            body="Service Unavailable: too many connections, retry later",
+            headers=(("Retry-After", refusal.retry_after_header),),
+        )
+
     async def _upgrade_check(self, request: HandshakeRequest) -> Rejection | None:
+        refused = self._admit(request)
+        if refused is not None:
+            return refused
         origin = request.origin
         if not origin_allowed(self.config.origins, origin):
+            self.metrics.handshakes["rejected"] += 1
             return Rejection(
                 status=403, body=f"Failed to authorize socket handshake - Invalid origin: {origin}"
             )
@@ -666,6 +862,9 @@ class Server:
             if isinstance(outcome, Blocked):
                 if outcome.exception is not None:
                     log.warning("handshakeWS middleware raised", exc_info=outcome.exception)
+                m = self.metrics
+                m.handshakes["rejected"] += 1
+                m.count(m.middleware_blocks, Hook.HANDSHAKE_WS.value)
                 err = outcome.error
                 body = err if isinstance(err, str) else err.message
                 return Rejection(status=outcome.status_code or 401, body=body or "Unauthorized")
@@ -674,10 +873,20 @@ class Server:
     async def handle_transport(self, transport: Transport) -> None:
         """Serve one accepted connection until it closes. Never raises (but Cancelled)."""
         socket = ServerSocket(self, transport, _socket_id())
+        await self._run_socket(socket)
+
+    async def _run_socket(self, socket: ServerSocket) -> None:
+        address = socket.remote_address
+        fields = {"socket_id": socket.id, "client": address[0] if address else None}
+        log.debug("connection open", extra=fields)
         try:
             await socket.run()
         except Exception:
-            log.exception("connection %s failed", socket.id)
+            log.exception("connection %s failed", socket.id, extra=fields)
+        log.debug(
+            "connection closed (%s %s)", socket.close_code, socket.close_reason,
+            extra={**fields, "code": socket.close_code},
+        )  # fmt: skip
 
     async def handle_stream(
         self, stream: trio.abc.Stream, *, remote_address: tuple[str, int] | None = None
@@ -685,35 +894,43 @@ class Server:
         """Run the WebSocket upgrade on ``stream`` and serve the connection. Closes ``stream``."""
         cfg = self.config
         if remote_address is None:
-            sock = getattr(stream, "socket", None)
+            remote_address = _peer_address(stream)
+        self._streams += 1
+        try:
             try:
-                peer = sock.getpeername() if sock is not None else None
-                remote_address = (str(peer[0]), int(peer[1])) if peer else None
-            except OSError:
-                remote_address = None
-        try:
-            transport = await accept_websocket(
-                stream,
-                path=cfg.path,
-                check=self._upgrade_check,
-                http_handler=self.http_handler,
-                max_message_bytes=cfg.max_payload_bytes,
-                max_buffer_bytes=cfg.max_buffer_bytes,
-                upgrade_timeout_s=cfg.handshake_timeout_s,
-                remote_address=remote_address,
-            )
-        except Exception:
-            log.exception("websocket upgrade failed")
-            await trio.aclose_forcefully(stream)
-            return
-        if transport is None:
-            return
-        # handle_transport inlined: one coroutine frame less held by every open connection.
-        socket = ServerSocket(self, transport, _socket_id())
-        try:
-            await socket.run()
-        except Exception:
-            log.exception("connection %s failed", socket.id)
+                transport = await accept_websocket(
+                    stream,
+                    path=cfg.path,
+                    check=self._upgrade_check,
+                    http_handler=self._http,
+                    max_message_bytes=cfg.max_payload_bytes,
+                    max_buffer_bytes=cfg.max_buffer_bytes,
+                    upgrade_timeout_s=cfg.handshake_timeout_s,
+                    remote_address=remote_address,
+                )
+            except Exception:
+                log.exception("websocket upgrade failed")
+                await trio.aclose_forcefully(stream)
+                return
+            if transport is None:
+                return
+            # _run_socket inlined: one coroutine frame less held by every open connection.
+            socket = ServerSocket(self, transport, _socket_id())
+            fields = {
+                "socket_id": socket.id,
+                "client": remote_address[0] if remote_address else None,
+            }
+            log.debug("connection open", extra=fields)
+            try:
+                await socket.run()
+            except Exception:
+                log.exception("connection %s failed", socket.id, extra=fields)
+            log.debug(
+                "connection closed (%s %s)", socket.close_code, socket.close_reason,
+                extra={**fields, "code": socket.close_code},
+            )  # fmt: skip
+        finally:
+            self._streams -= 1
 
     async def handle_trio_websocket_request(self, request: Any) -> None:
         """Serve a ``trio_websocket.WebSocketRequest`` from an application's own
@@ -721,43 +938,63 @@ class Server:
         apply; the path is the application's business."""
         from ..transport.trio_websocket import accept_trio_websocket
 
-        transport = await accept_trio_websocket(
-            request, check=self._upgrade_check, max_buffer_bytes=self.config.max_buffer_bytes
-        )
-        if transport is None:
-            return
-        await self.handle_transport(transport)
+        self._streams += 1
+        try:
+            transport = await accept_trio_websocket(
+                request, check=self._upgrade_check, max_buffer_bytes=self.config.max_buffer_bytes
+            )
+            if transport is None:
+                return
+            await self.handle_transport(transport)
+        finally:
+            self._streams -= 1
 
     async def serve(
         self,
         host: str | None = "127.0.0.1",
         port: int = 8000,
         *,
-        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` and serve until cancelled.
 
         ``task_status.started`` receives the listeners (port 0 picks a free port: read it from
-        ``listeners[0].socket.getsockname()``). Cancellation closes every socket with 1001,
-        each under a shielded deadline of ``shutdown_timeout_s``; nothing is left running.
+        ``listeners[0].socket.getsockname()``, or ``.transport_listener.socket`` with TLS).
+        With ``ssl_context`` (a server context with a certificate chain loaded) every
+        connection is TLS (``wss://``); a failed TLS handshake just closes the connection.
+        Cancellation closes every socket with 1001, each under a shielded deadline of
+        ``shutdown_timeout_s``; nothing is left running.
         """
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        tcp = await trio.open_tcp_listeners(port, host=host)
+        listeners: Sequence[trio.abc.Listener[Any]] = tcp
+        if ssl_context is not None:
+            listeners = [trio.SSLListener(ln, ssl_context, https_compatible=True) for ln in tcp]
         await self.serve_listeners(listeners, task_status=task_status)
 
     async def serve_listeners(
         self,
-        listeners: list[trio.SocketListener],
+        listeners: Sequence[trio.abc.Listener[Any]],
         *,
-        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Like ``serve`` with listeners you opened (SO_REUSEPORT, unix sockets...)."""
+        """Like ``serve`` with listeners you opened (SO_REUSEPORT, unix sockets, TLS through
+        ``trio.SSLListener``...). With ``metrics_port`` set, its listener (``/metrics``,
+        ``/healthz``, ``/readyz``) runs in the same nursery (``metrics_listeners``)."""
         self.now()  # fix the wall-clock offset while trio runs
         self._warn_if_random_key()
+        cfg = self.config
+        ops: list[trio.SocketListener] = []
+        if cfg.metrics_port is not None:  # OSError (port taken) before anything runs
+            ops = await trio.open_tcp_listeners(cfg.metrics_port, host=cfg.metrics_host)
         try:
             async with trio.open_nursery() as nursery:
                 await self.start_broker(nursery)
-                await nursery.start(trio.serve_listeners, self.handle_stream, listeners)
-                task_status.started(listeners)
+                if ops:
+                    await nursery.start(trio.serve_listeners, self._serve_ops_stream, ops)
+                    self.metrics_listeners = ops
+                await nursery.start(trio.serve_listeners, self.handle_stream, list(listeners))
+                task_status.started(list(listeners))
         finally:
             self._nursery = None
 
@@ -789,14 +1026,25 @@ class Server:
         except OSError as exc:
             log.warning("identity provider %s: %s", provider.issuer, exc)
 
-    def run(self, host: str | None = "127.0.0.1", port: int = 8000) -> None:
+    def run(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 8000,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         """Serve in a new trio run until SIGINT (Ctrl+C) or SIGTERM, then shut down
         gracefully (every socket closed with 1001). ``OSError`` if the port cannot be bound."""
-        trio.run(self._run_until_signal, host, port)
+        trio.run(self._run_until_signal, host, port, ssl_context)
 
-    async def _run_until_signal(self, host: str | None, port: int) -> None:
+    async def _run_until_signal(
+        self, host: str | None, port: int, ssl_context: ssl.SSLContext | None
+    ) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            listeners = await trio.open_tcp_listeners(port, host=host)
+            tcp = await trio.open_tcp_listeners(port, host=host)
+            listeners: list[Any] = tcp
+            if ssl_context is not None:
+                listeners = [trio.SSLListener(ln, ssl_context, https_compatible=True) for ln in tcp]
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.serve_listeners, listeners)
                 async for _ in signals:

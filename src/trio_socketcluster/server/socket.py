@@ -50,6 +50,7 @@ from ..config import ServerConfig
 from ..errors import dehydrate_error
 from ..history import Catchup, Publication, RecoverRequest, Recovery, parse_recover
 from ..identity import VerifiedToken
+from ..metrics import Metrics
 from ..middleware import (
     UNCHANGED,
     Allowed,
@@ -99,7 +100,13 @@ from ..protocol.codec import (
 )
 from ..protocol.rules import close_reason
 from ..revocation import Revocation
-from ..transport.base import HandshakeRequest, OutboundMessage, Transport, TransportClosed
+from ..transport.base import (
+    SLOW_CONSUMER_CLOSE_CODE,
+    HandshakeRequest,
+    OutboundMessage,
+    Transport,
+    TransportClosed,
+)
 
 __all__ = ["HandlerEntry", "RenewalHook", "Reply", "ServerSocket", "SocketHost"]
 
@@ -145,6 +152,11 @@ class SocketHost(Protocol):
 
     @property
     def renewal_hook(self) -> RenewalHook | None: ...
+
+    @property
+    def metrics(self) -> Metrics:
+        """The server's counters (incremented in place)."""
+        ...
 
     def now(self) -> float:
         """Wall-clock seconds for JWT claims (advancing with trio's clock)."""
@@ -222,12 +234,15 @@ def _block_error(error: Any) -> Any:
     return {"message": error} if isinstance(error, str) else error
 
 
-def _logged(outcome: Allowed | Blocked) -> Allowed | Blocked:
-    if isinstance(outcome, Blocked) and outcome.exception is not None:
-        log.warning(
-            "%s middleware raised; the action was blocked", outcome.hook.value,
-            exc_info=outcome.exception,
-        )  # fmt: skip
+def _logged(outcome: Allowed | Blocked, metrics: Metrics) -> Allowed | Blocked:
+    """Count a block (``middleware_blocks_total{hook}``); log a middleware that raised."""
+    if isinstance(outcome, Blocked):
+        metrics.count(metrics.middleware_blocks, outcome.hook.value)
+        if outcome.exception is not None:
+            log.warning(
+                "%s middleware raised; the action was blocked", outcome.hook.value,
+                exc_info=outcome.exception,
+            )  # fmt: skip
     return outcome
 
 
@@ -238,6 +253,17 @@ async def _ready(rec: Recovery) -> Recovery:
 def _after(catchup: Catchup) -> RecoverRequest:
     """The request that reads what a catch-up has not delivered yet."""
     return RecoverRequest(catchup.last, catchup.epoch)
+
+
+#: The ``type`` label of ``messages_received_total`` per event class (``None``: an ``Emit``,
+#: ``invoke`` or ``transmit`` by its cid). Close frames, pings and raw messages are not
+#: counted.
+_MESSAGE_TYPE: dict[type, str | None] = {
+    Emit: None, Publish: "publish", Pong: "pong", Response: "response",
+    Subscribe: "subscribe", Unsubscribe: "unsubscribe", Invalid: "invalid",
+    Handshake: "handshake", Authenticate: "authenticate", RemoveAuthToken: "removeAuthToken",
+    ClientDisconnect: "disconnect",
+}  # fmt: skip
 
 
 class _Pending:
@@ -517,6 +543,7 @@ class ServerSocket:
         try:
             verified = await server.verify_token(token)
         except errors.AuthTokenError as exc:
+            server.metrics.count(server.metrics.auth_failures, type(exc).__name__)
             if exc.is_bad_token:
                 self._notify("badAuthToken", self, exc, token)
             return False, exc, exc.is_bad_token
@@ -600,6 +627,8 @@ class ServerSocket:
         publication: Publication | None = None,
     ) -> None:
         if isinstance(outcome, Blocked):
+            metrics = self.server.metrics
+            metrics.count(metrics.middleware_blocks, outcome.hook.value)
             if outcome.exception is not None:
                 log.warning("publishOut middleware failed", exc_info=outcome.exception)
             return
@@ -709,6 +738,11 @@ class ServerSocket:
             self._cleanup()
 
     def _cleanup(self) -> None:
+        metrics = self.server.metrics
+        code = self.close_code
+        metrics.count(metrics.disconnects, code)
+        if code == SLOW_CONSUMER_CLOSE_CODE:
+            metrics.slow_consumer_closes += 1
         for channel in list(self._channels):
             self._unsubscribe(channel)
         for pending in self._pending.values():
@@ -852,9 +886,15 @@ class ServerSocket:
 
     async def _dispatch_read(self, messages: list[str | bytes] | list[str]) -> None:
         machine = self._machine
+        received = self.server.metrics.messages_received
         for message in messages:
             for event in machine.receive(message):
                 waiting: Awaitable[None] | None = None
+                kind = _MESSAGE_TYPE.get(event.__class__, "")
+                if kind is None:
+                    kind = "transmit" if event.cid is None else "invoke"  # type: ignore[union-attr]
+                if kind:
+                    received[kind] += 1
                 match event:
                     case Emit():
                         waiting = self._on_emit(event)
@@ -889,8 +929,8 @@ class ServerSocket:
     async def _run_chain(self, chain: tuple[Any, ...], request: Request) -> Allowed | Blocked:
         outcome = start_chain(chain, request)
         if isinstance(outcome, Pending):
-            return _logged(await outcome.resume())
-        return _logged(outcome)
+            return _logged(await outcome.resume(), self.server.metrics)
+        return _logged(outcome, self.server.metrics)
 
     def _on_invalid(self, event: Invalid) -> None:
         self._respond(event.cid, error=event.error)
@@ -901,6 +941,7 @@ class ServerSocket:
 
     async def _on_handshake(self, event: Handshake) -> None:
         server = self.server
+        started = trio.current_time()
         if self._handshake_event is not None:
             self._handshake_event.set()  # the 4005 timer stops
         data = event.data
@@ -917,6 +958,7 @@ class ServerSocket:
                     error["statusCode"] = code
                 self._respond(event.cid, data={"code": code}, error=error)
                 self.disconnect(code, HANDSHAKE_REJECTED_REASON)
+                server.metrics.handshakes["rejected"] += 1
                 return
         status: dict[str, Any] = {
             "id": self.id,
@@ -940,6 +982,9 @@ class ServerSocket:
         self._last_pong = trio.current_time()
         server.register_socket(self)
         self._respond(event.cid, data=status)
+        metrics = server.metrics
+        metrics.handshakes["ok"] += 1
+        metrics.handshake_latency.observe(trio.current_time() - started)
         if self._machine.protocol is None:
             # Probe after the reply: the first pong tells protocol 1 from 2 within one RTT.
             for ping in self._machine.ping_payloads():
@@ -1000,7 +1045,7 @@ class ServerSocket:
 
     def _emit_outcome(self, outcome: Allowed | Blocked, event: Emit) -> Awaitable[None] | None:
         if isinstance(outcome, Blocked):
-            _logged(outcome)
+            _logged(outcome, self.server.metrics)
             self._respond(event.cid, error=_block_error(outcome.error))
             return None
         return self._call_handler(event.event, outcome.data, event.cid)
@@ -1013,16 +1058,18 @@ class ServerSocket:
         fn, is_async = entry
         if is_async:
             return self._start_async_handler(fn, name, data, cid)
+        started = trio.current_time()
         try:
             result = fn(self, data)
         except errors.SocketClusterError as exc:
             self._respond(cid, error=exc)
-            return None
         except Exception:
             log.exception("handler for %r raised", name)
             self._respond(cid, error=errors.UnknownError("The handler failed"))
-            return None
-        self._respond(cid, data=MISSING if result is None else result)
+        else:
+            self._respond(cid, data=MISSING if result is None else result)
+        if cid is not None:
+            self.server.metrics.invoke_latency.observe(trio.current_time() - started)
         return None
 
     async def _start_async_handler(
@@ -1031,9 +1078,10 @@ class ServerSocket:
         slots = self._handler_slots
         if slots is None:
             slots = self._handler_slots = trio.Semaphore(self.server.config.max_concurrent_handlers)
+        started = trio.current_time()
         await slots.acquire()
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_async_handler, fn, name, data, cid)
+        self._nursery.start_soon(self._run_async_handler, fn, name, data, cid, started)
 
     async def _run_async_handler(
         self,
@@ -1041,18 +1089,20 @@ class ServerSocket:
         event: str,
         data: Any,
         cid: Cid | None,
+        started: float,
     ) -> None:
         try:
             try:
                 result = await fn(self, data)
             except errors.SocketClusterError as exc:
                 self._respond(cid, error=exc)
-                return
             except Exception:
                 log.exception("handler for %r raised", event)
                 self._respond(cid, error=errors.UnknownError("The handler failed"))
-                return
-            self._respond(cid, data=MISSING if result is None else result)
+            else:
+                self._respond(cid, data=MISSING if result is None else result)
+            if cid is not None:
+                self.server.metrics.invoke_latency.observe(trio.current_time() - started)
         finally:
             assert self._handler_slots is not None
             self._handler_slots.release()
@@ -1094,14 +1144,14 @@ class ServerSocket:
             )  # fmt: skip
             if isinstance(outcome, Pending):
                 return self._subscribe_when_allowed(outcome, event)
-            outcome = _logged(outcome)
+            outcome = _logged(outcome, server.metrics)
             if isinstance(outcome, Blocked):
                 self._respond(cid, error=_block_error(outcome.error))
                 return None
         return self._subscribe(event)
 
     async def _subscribe_when_allowed(self, pending: Pending, event: Subscribe) -> None:
-        outcome = _logged(await pending.resume())
+        outcome = _logged(await pending.resume(), self.server.metrics)
         if isinstance(outcome, Blocked):
             self._respond(event.cid, error=_block_error(outcome.error))
             return
@@ -1288,7 +1338,7 @@ class ServerSocket:
         self, outcome: Allowed | Blocked, event: Publish
     ) -> Awaitable[None] | None:
         if isinstance(outcome, Blocked):
-            _logged(outcome)
+            _logged(outcome, self.server.metrics)
             self._respond(event.cid, error=_block_error(outcome.error))
             return None
         assert isinstance(outcome, Allowed)
@@ -1309,6 +1359,7 @@ class ServerSocket:
                 event.cid, error=errors.InvalidArgumentsError("Publish data has no JSON form")
             )
             return None
+        self.server.metrics.publications += 1
         self._respond(event.cid, data=ack)
         return None
 
@@ -1343,6 +1394,7 @@ class ServerSocket:
         self._ack_stored(event, pub, ack)
 
     def _ack_stored(self, event: Publish, pub: Publication, ack: Any) -> None:
+        self.server.metrics.publications += 1
         if ack is MISSING:
             ack = {"offset": pub.offset, "epoch": pub.epoch}
         self._respond(event.cid, data=ack)

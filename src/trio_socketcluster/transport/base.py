@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
+    "MAX_BODY_BYTES",
     "SLOW_CONSUMER_CLOSE_CODE",
     "HandshakeRequest",
     "OutboundMessage",
@@ -39,6 +40,9 @@ __all__ = [
     "UpgradeCheck",
     "build_text_frame",
 ]
+
+#: The largest body a plain HTTP request on the WebSocket port may carry (``http_handler``).
+MAX_BODY_BYTES = 64 * 1024
 
 #: Close code used when a socket's outbound buffer overflows (documented in docs/protocol.md).
 SLOW_CONSUMER_CLOSE_CODE = 4100
@@ -55,6 +59,11 @@ class HandshakeRequest:
     headers: tuple[tuple[str, str], ...]
     """Header names lower-cased, in request order."""
     remote_address: tuple[str, int] | None = None
+    method: str = "GET"
+    """The HTTP method (an upgrade is always ``GET``; a plain request may be anything)."""
+    body: bytes = b""
+    """The body of a plain HTTP request, at most ``MAX_BODY_BYTES`` (a larger one is answered
+    413 before any handler runs); always empty for an upgrade."""
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or ``None``."""

@@ -1,5 +1,6 @@
 """The HTTP half of a WebSocket server connection, without I/O: the request head in, the
-``HandshakeRequest`` and the response bytes out.
+``HandshakeRequest`` (with the body of a plain request, up to ``MAX_BODY_BYTES``, else 413)
+and the response bytes out.
 
 * ``HeadReader`` turns the bytes of the first reads into one ``RequestHead``. A plain request
   that arrives whole in the first read is parsed by ``parse_fast_head`` (a subset of what h11
@@ -26,7 +27,7 @@ from http import HTTPStatus
 import h11
 from wsproto.utilities import generate_accept_token
 
-from .base import HandshakeRequest, Rejection
+from .base import MAX_BODY_BYTES, HandshakeRequest, Rejection
 
 __all__ = [
     "MAX_HEAD_BYTES",
@@ -61,6 +62,8 @@ class RequestHead:
     """Names lower-cased, values without surrounding blanks, in request order."""
     trailing: bytes
     """What the client sent after the head (its first frames)."""
+    body: bytes = b""
+    """The body of a plain request (at most ``MAX_BODY_BYTES``)."""
 
 
 #: What the fast path accepts of a request head: a subset of what h11 accepts (a ``GET``,
@@ -82,6 +85,9 @@ _HEADER_PAIRS: dict[str, tuple[str, str]] = {}
 _HEADER_PAIRS_MAX = 1024
 
 _MALFORMED = Rejection(status=400, body="Bad Request: malformed HTTP request")
+_TOO_LARGE = Rejection(
+    status=413, body=f"Content Too Large: a request body may hold {MAX_BODY_BYTES} bytes"
+)
 
 
 def parse_fast_head(data: bytes | bytearray) -> RequestHead | None:
@@ -116,15 +122,18 @@ def parse_fast_head(data: bytes | bytearray) -> RequestHead | None:
 class HeadReader:
     """Bytes in, one request head out (see the module docstring).
 
-    ``feed`` returns the ``RequestHead`` once it is complete (its body, if any, is skipped),
-    ``None`` while more bytes are needed, and raises ``Refused`` (400) on malformed HTTP. The
-    end of the stream before a whole head is the caller's to notice: nothing to answer.
+    ``feed`` returns the ``RequestHead`` once it is complete (with the request's body, of at
+    most ``MAX_BODY_BYTES``), ``None`` while more bytes are needed, and raises ``Refused``:
+    400 on malformed HTTP, 413 for a larger body. The end of the stream before a whole request
+    is the caller's to notice: nothing to answer.
     """
 
-    __slots__ = ("_h11",)
+    __slots__ = ("_body", "_h11", "_request")
 
     def __init__(self) -> None:
         self._h11: h11.Connection | None = None
+        self._request: h11.Request | None = None
+        self._body = bytearray()
 
     def feed(self, data: bytes | bytearray) -> RequestHead | None:
         h = self._h11
@@ -134,18 +143,21 @@ class HeadReader:
                 return head
             h = self._h11 = h11.Connection(h11.SERVER)
         h.receive_data(bytes(data))
-        request: h11.Request | None = None
         while True:
             try:
                 event = h.next_event()
             except h11.RemoteProtocolError:
                 raise Refused(_MALFORMED) from None
-            if event is h11.NEED_DATA and request is None:
-                return None
+            if event is h11.NEED_DATA:
+                return None  # more of the head, or of the body
             if isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.EndOfMessage) or event in (h11.NEED_DATA, h11.PAUSED):
-                # (NEED_DATA here: a body we will not read.)
+                self._request = event
+            elif isinstance(event, h11.Data):
+                self._body += event.data
+                if len(self._body) > MAX_BODY_BYTES:
+                    raise Refused(_TOO_LARGE)
+            elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                request = self._request
                 assert request is not None
                 return RequestHead(
                     request.method,
@@ -153,10 +165,10 @@ class HeadReader:
                     request.http_version,
                     tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers),
                     bytes(h.trailing_data[0]),
+                    bytes(self._body),
                 )
             elif isinstance(event, h11.ConnectionClosed):  # (never fed EOF: the caller sees it)
                 return None
-            # h11.Data: a body we do not use.
 
 
 def handshake_request(
@@ -168,7 +180,12 @@ def handshake_request(
     if req_path == path:
         req_path = path
     return HandshakeRequest(
-        path=req_path, query=query, headers=head.headers, remote_address=remote_address
+        path=req_path,
+        query=query,
+        headers=head.headers,
+        remote_address=remote_address,
+        method=head.method.decode("latin-1"),
+        body=head.body,
     )
 
 
