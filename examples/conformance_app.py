@@ -68,6 +68,7 @@ def build_server(auth_key: str | None, provider: ProviderConfig | None = None) -
         auth_default_expiry_s=86400,
         history=HISTORY,
         identity_providers=[provider] if provider is not None else [],
+        metrics=True,  # GET /metrics; /healthz and /readyz are on by default
     )
 
     # ---------------------------------------------------------------- procedures
