@@ -8,7 +8,8 @@ As a script: ``PORT``, ``AUTH_KEY``, ``HOST`` and ``BROKER`` from the environmen
 Extra handlers (test-only; no access control): ``pid``, ``brokerStats``,
 ``waitSynced`` (answers once this process's Redis subscriptions are live),
 ``deauthenticateUser``, ``disconnectUser``, ``revokeToken``, ``transmitToUser``,
-``kickOutAll``.
+``kickOutAll``. ``RENEW_BEFORE_S`` turns on token renewal (same claims); ``OIDC_*`` as in
+the conformance application.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,10 @@ def make_server() -> Server:
     broker = os.environ.get("BROKER")
     if broker:
         server.set_broker(broker)
+    renew_before_s = os.environ.get("RENEW_BEFORE_S")
+    if renew_before_s:  # renew tokens that long before they expire, with the same claims
+        server.config = replace(server.config, renew_before_s=float(renew_before_s))
+        server.renewal(lambda _socket, token: token)
 
     @server.handler("pid")
     def pid(_socket: ServerSocket, _data: Any) -> Any:
