@@ -22,8 +22,8 @@ import trio
 import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from jwksserver import JwksServer  # type: ignore[import-not-found]
-from test_identity import (  # type: ignore[import-not-found]
+from jwksserver import JwksServer  # type: ignore[import-not-found, unused-ignore]
+from test_identity import (  # type: ignore[import-not-found, unused-ignore]
     AUDIENCE,
     EC_KEY,
     ISSUER,
@@ -31,7 +31,7 @@ from test_identity import (  # type: ignore[import-not-found]
     jwks,
     mint,
 )
-from wsclient import new_client  # type: ignore[import-not-found]
+from wsclient import new_client  # type: ignore[import-not-found, unused-ignore]
 
 from trio_socketcluster import LocalRevocationStore, ProviderConfig, Server
 
