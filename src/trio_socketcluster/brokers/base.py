@@ -16,7 +16,8 @@ Capabilities beyond ``Broker`` are explicit, runtime-checkable protocols (checke
   acknowledged), ``set_command_handler``/``send_command`` (cluster-wide actions such as
   ``Server.disconnect_user``);
 * ``ObservableBroker``: what ``/metrics`` reads (``delivered``, ``state()``).
-
+* ``FlushingBroker``: queues what it sends out (``RedisBroker``): ``flush()`` returns once the
+  queue is written; the server's drain awaits it.
 * ``HistoryBroker``: keeps the history of the channels its ``HistoryConfig`` names
   (``set_history``, given by ``Server(history=...)``): ``publish_stored`` answers once the
   publication is stored (its offset and epoch), ``recover`` reads what a subscriber missed.
@@ -43,6 +44,7 @@ __all__ = [
     "Broker",
     "CommandHandler",
     "DistributedBroker",
+    "FlushingBroker",
     "HistoryBroker",
     "ObservableBroker",
     "RunnableBroker",
@@ -154,4 +156,15 @@ class HistoryBroker(Broker, Protocol):
         """What a subscriber that had everything up to ``request`` missed (``data`` decoded),
         or "cannot recover" with the channel's position; ``request=None`` asks only for the
         position (``recovered`` false). The subscriber is registered before this is called."""
+        ...
+
+
+@runtime_checkable
+class FlushingBroker(Protocol):
+    """A broker that queues what it sends to other processes (the server's drain waits for
+    ``flush`` before it stops the broker)."""
+
+    async def flush(self) -> None:
+        """Return once everything queued before the call has been written out, or dropped
+        because the other side is unreachable. Cancellation leaves the queue as it is."""
         ...

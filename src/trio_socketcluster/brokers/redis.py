@@ -38,7 +38,8 @@ epoch starts (subscribers recovering get ``recovered: false``).
 
 Cluster commands (``Server.deauthenticate_user`` ...) travel on one control channel, signed the
 same way, in order with the publishes of the same process; the server registers the function
-that applies them with ``set_command_handler``.
+that applies them with ``set_command_handler``. ``flush`` waits until what is queued has been
+written (the server's drain awaits it before stopping the broker).
 
 ``run(task_status=...)`` is started by ``Server.serve`` (``Server.start_broker``); cancelling it
 closes the Redis connections, drops what is still queued, and leaves the local table as it is.
@@ -184,6 +185,9 @@ class RedisBroker:
         self._seen: dict[str, int] = {}
         self._queue: deque[tuple[bytes, bytes]] = deque()
         self._queue_changed = trio.Event()
+        self._enqueued = 0  # messages ever queued
+        self._retired = 0  # of those, written to Redis or dropped (the queue is FIFO)
+        self._retired_changed = trio.Event()
         self._up = False  # the publisher's connection works (publish accepts)
         self._up_changed = trio.Event()
         self._held: dict[str, None] = {}  # channels with local subscribers, in order
@@ -570,7 +574,21 @@ class RedisBroker:
             {"v": 1, "o": self.origin, "n": self._seq, "t": int(self._clock() * 1000), **fields}
         )
         self._queue.append((redis_channel, self._sign(body)))
+        self._enqueued += 1
         self._queue_changed.set()
+
+    def _retire(self, count: int) -> None:
+        self._retired += count
+        self._retired_changed.set()
+        self._retired_changed = trio.Event()
+
+    async def flush(self) -> None:
+        """Return once every message queued before the call has been written to Redis, or
+        dropped because Redis failed (``stats.lost``). The server's drain awaits this (bounded
+        by its deadline) before it stops the broker. Cancellation leaves the queue as is."""
+        target = self._enqueued
+        while self._retired < target:
+            await self._retired_changed.wait()
 
     def _sign(self, body: bytes) -> bytes:
         sig = hmac.digest(self._key, body, "sha256").hex().encode("ascii")
@@ -686,6 +704,7 @@ class RedisBroker:
         self._up_changed = trio.Event()
         if not up:
             self.stats.lost += len(self._queue)
+            self._retire(len(self._queue))
             self._queue.clear()
             self._changed()  # wake the subscriber's sync loop
 
@@ -730,9 +749,11 @@ class RedisBroker:
             except Exception as exc:
                 log.warning("Redis publish failed (%d messages lost): %r", len(batch), exc)
                 self.stats.lost += len(batch)
+                self._retire(len(batch))
                 self._set_up(False)
                 continue
             self.stats.sent += len(batch)
+            self._retire(len(batch))
 
     async def _subscriber(self) -> None:
         attempt = 0

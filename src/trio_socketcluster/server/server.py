@@ -3,8 +3,8 @@
 Entry points (all structured: nothing runs outside the caller's nursery):
 
 * ``await nursery.start(server.serve, host, port)``: listen on TCP with our wsproto
-  transport; ``task_status.started`` gets the listeners. Cancelling it closes every socket
-  with 1001 within ``shutdown_timeout_s``.
+  transport; ``task_status.started`` gets the listeners. Cancelling it drains (below) and
+  returns within ``shutdown_timeout_s``.
 * ``await server.handle_stream(stream)``: serve one already accepted trio stream.
 * ``await server.handle_trio_websocket_request(request)``: serve one connection of an
   application that runs its own trio-websocket server (any route it likes).
@@ -20,6 +20,14 @@ application's ``http_handler``; ``metrics_port`` serves the three on a port of t
 ``server.ready`` is false from ``start_draining()`` on (``/readyz`` answers 503, upgrades are
 refused with 503). Admission limits (``max_connections``, handshake rates) refuse upgrades
 with 503 and ``Retry-After`` before any WebSocket work.
+
+The drain (cancelling ``serve``/``serve_listeners``; ``run`` and the command line on SIGTERM or
+SIGINT): from its first moment ``ready`` is false (``start_draining``); the listeners stop
+accepting; every socket stops reading (nothing new is acknowledged from then on), writes what
+is already queued (every publication acknowledged before that moment, to every local
+subscriber), then closes with 1001 "Server is shutting down"; a broker with an outbound queue
+(``FlushingBroker``: Redis) writes it out; the broker stops once every connection has ended.
+Whatever still runs at ``shutdown_timeout_s`` after the start is cancelled.
 
 Registrations: handlers for custom events (``@server.handler("login")``), middleware
 (``@server.middleware(Hook.PUBLISH_IN)``), listeners for socket lifecycle events
@@ -54,6 +62,7 @@ from ..auth import AuthEngine, Keyring, decode_unverified
 from ..brokers.base import (
     Broker,
     DistributedBroker,
+    FlushingBroker,
     HistoryBroker,
     ObservableBroker,
     RunnableBroker,
@@ -222,6 +231,8 @@ class Server:
         self._renewal: RenewalHook | None = None
         self._client_warnings = WarningLimiter(interval_s=60.0)
         self._sockets: dict[str, ServerSocket] = {}
+        self._live: set[ServerSocket] = set()  # every running connection, handshaken or not
+        self._accepting: trio.CancelScope | None = None  # serve_listeners' accept loop
         self._now = now
         self._clock_offset: float | None = None
         #: Answers plain HTTP requests on the port (see ``server.http.static_files``).
@@ -705,6 +716,11 @@ class Server:
         finally:
             await trio.aclose_forcefully(stream)
 
+    @property
+    def draining(self) -> bool:
+        """True once a drain has begun (module docstring); never false again."""
+        return self._draining
+
     def publish(self, channel: str, data: Any = None) -> None:
         """Publish ``data`` on ``channel`` (not subject to publish-in middleware). Never blocks;
         ``BrokerError`` if the broker cannot take it."""
@@ -879,10 +895,15 @@ class Server:
         address = socket.remote_address
         fields = {"socket_id": socket.id, "client": address[0] if address else None}
         log.debug("connection open", extra=fields)
+        if self._draining:  # accepted while draining: closed with 1001 at once
+            socket.shut_down(trio.current_time() + self.config.shutdown_timeout_s)
+        self._live.add(socket)
         try:
             await socket.run()
         except Exception:
             log.exception("connection %s failed", socket.id, extra=fields)
+        finally:
+            self._live.discard(socket)
         log.debug(
             "connection closed (%s %s)", socket.close_code, socket.close_reason,
             extra={**fields, "code": socket.close_code},
@@ -921,10 +942,15 @@ class Server:
                 "client": remote_address[0] if remote_address else None,
             }
             log.debug("connection open", extra=fields)
+            if self._draining:  # accepted while draining: closed with 1001 at once
+                socket.shut_down(trio.current_time() + cfg.shutdown_timeout_s)
+            self._live.add(socket)
             try:
                 await socket.run()
             except Exception:
                 log.exception("connection %s failed", socket.id, extra=fields)
+            finally:
+                self._live.discard(socket)
             log.debug(
                 "connection closed (%s %s)", socket.close_code, socket.close_reason,
                 extra={**fields, "code": socket.close_code},
@@ -963,7 +989,8 @@ class Server:
         ``listeners[0].socket.getsockname()``, or ``.transport_listener.socket`` with TLS).
         With ``ssl_context`` (a server context with a certificate chain loaded) every
         connection is TLS (``wss://``); a failed TLS handshake just closes the connection.
-        Cancellation closes every socket with 1001, each under a shielded deadline of
+        Cancellation drains (module docstring): what was queued is written, every socket is
+        closed with 1001, and this returns (raising ``Cancelled``) within
         ``shutdown_timeout_s``; nothing is left running.
         """
         tcp = await trio.open_tcp_listeners(port, host=host)
@@ -987,16 +1014,69 @@ class Server:
         ops: list[trio.SocketListener] = []
         if cfg.metrics_port is not None:  # OSError (port taken) before anything runs
             ops = await trio.open_tcp_listeners(cfg.metrics_port, host=cfg.metrics_host)
+        # The connections and the broker run shielded from our caller: its cancellation
+        # starts the drain, which gives them until the deadline (then cancels this scope).
+        body = trio.CancelScope(shield=True)
         try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    await nursery.start(self._serve_shielded, list(listeners), ops, body)
+                    task_status.started(list(listeners))
+                    await trio.sleep_forever()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._drain(body)
+        finally:
+            self._nursery = None
+
+    async def _serve_shielded(
+        self,
+        listeners: list[trio.abc.Listener[Any]],
+        ops: list[trio.SocketListener],
+        body: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with body:
             async with trio.open_nursery() as nursery:
                 await self.start_broker(nursery)
                 if ops:
                     await nursery.start(trio.serve_listeners, self._serve_ops_stream, ops)
                     self.metrics_listeners = ops
-                await nursery.start(trio.serve_listeners, self.handle_stream, list(listeners))
-                task_status.started(list(listeners))
-        finally:
-            self._nursery = None
+                async with trio.open_nursery() as connections:
+                    await connections.start(self._accept, listeners, connections)
+                    task_status.started()
+                nursery.cancel_scope.cancel()  # the broker stops once every connection ended
+
+    async def _accept(
+        self,
+        listeners: list[trio.abc.Listener[Any]],
+        connections: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with trio.CancelScope() as self._accepting:  # the drain cancels it: listeners close
+            await trio.serve_listeners(
+                self.handle_stream, listeners, handler_nursery=connections, task_status=task_status
+            )
+
+    async def _drain(self, body: trio.CancelScope) -> None:
+        """The shutdown sequence (module docstring). Returns once the deadline is set and
+        the broker's queue written (or the deadline passed); the caller's nursery then waits
+        for the connections, which end by ``shutdown_timeout_s`` at the latest."""
+        self.start_draining()
+        deadline = trio.current_time() + self.config.shutdown_timeout_s
+        body.deadline = min(body.deadline, deadline)
+        if self._accepting is not None:
+            self._accepting.cancel()
+        # No checkpoint in this loop: once it ends no socket acknowledges anything new, and
+        # every acknowledged publication is queued for its local subscribers.
+        for socket in list(self._live):
+            socket.shut_down(deadline)
+        broker = self.broker
+        if isinstance(broker, FlushingBroker):
+            with trio.move_on_at(deadline):
+                await broker.flush()
 
     async def start_broker(self, nursery: trio.Nursery) -> None:
         """Start the background tasks of the broker and of the revocation store (if they

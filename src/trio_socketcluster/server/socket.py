@@ -291,6 +291,8 @@ class ServerSocket:
         "_catchups",
         "_channels",
         "_close",
+        "_close_by",
+        "_closing_scope",
         "_handler_slots",
         "_handshake_event",
         "_held_events",
@@ -339,6 +341,8 @@ class ServerSocket:
         self._watch_scope: trio.CancelScope | None = None  # the watcher's sleep
         self._last_pong = 0.0
         self._close: CloseIntent | None = None  # how the connection ends: set once
+        self._close_by = math.inf  # the server's drain deadline, once draining
+        self._closing_scope: trio.CancelScope | None = None  # the shielded close, once running
         self._nursery: trio.Nursery | None = None
         self._handler_slots: trio.Semaphore | None = None  # created by the first async handler
         self._held_events: list[tuple[Any, ...]] | None = None
@@ -676,6 +680,18 @@ class ServerSocket:
             initiator=Initiator.LOCAL,
         ))  # fmt: skip
 
+    def shut_down(self, deadline: float) -> None:
+        """The server drains: stop reading now, write what is queued, then close with 1001
+        "Server is shutting down", all by ``deadline`` (trio's clock). Never blocks. A close
+        already under way keeps its code and gets the same deadline."""
+        self._close_by = deadline
+        if self._closing_scope is not None:
+            self._closing_scope.deadline = min(self._closing_scope.deadline, deadline)
+        self._end(CloseIntent(
+            code=1001, reason=close_reason(1001, "Server is shutting down"), notify=False,
+            initiator=Initiator.LOCAL,
+        ))  # fmt: skip
+
     def _end(self, intent: CloseIntent) -> None:
         """Record how the connection ends (the first intent wins) and stop its tasks."""
         if self._close is not None:
@@ -726,7 +742,8 @@ class ServerSocket:
             intent = self._close
             assert intent is not None
             with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + cfg.shutdown_timeout_s
+                scope.deadline = min(trio.current_time() + cfg.shutdown_timeout_s, self._close_by)
+                self._closing_scope = scope
                 if intent.initiator is Initiator.LOCAL:  # we close: send our close frame
                     if intent.notify:
                         # After any reply already queued (a handler that responds, then

@@ -210,8 +210,9 @@ class WsprotoTransport(OutboundTransport):
                     reason = truncate_reason(end.reason)
                     self._close = self._close.closing(code, reason, ClosedBy.PROTOCOL)
                     frame = close_frame(code, reason)
-                self._buf = bytearray()
-                self._prio += frame
+                # After everything queued (replies to the valid messages before the close
+                # or the failure): the peer can still read them.
+                self._buf += frame
                 with trio.move_on_after(self._close_timeout_s):
                     await self._drain()
             # else we had started closing: this is the peer's answer (or garbage after our
