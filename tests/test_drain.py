@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
-
 from procs import INTEROP, REPO, Process, npm_ci
+
 from trio_socketcluster.client import ClientState, connect
 
 RUNS = int(os.environ.get("DRAIN_CHAOS_RUNS", "20"))
