@@ -305,6 +305,7 @@ class ServerSocket:
         "_token_changed",
         "_transport",
         "_watch_scope",
+        "_write_scope",
         "auth_issuer",
         "auth_token",
         "client_disconnect_data",
@@ -343,6 +344,7 @@ class ServerSocket:
         self._close: CloseIntent | None = None  # how the connection ends: set once
         self._close_by = math.inf  # the server's drain deadline, once draining
         self._closing_scope: trio.CancelScope | None = None  # the shielded close, once running
+        self._write_scope: trio.CancelScope | None = None  # the dispatch task's own write
         self._nursery: trio.Nursery | None = None
         self._handler_slots: trio.Semaphore | None = None  # created by the first async handler
         self._held_events: list[tuple[Any, ...]] | None = None
@@ -685,6 +687,7 @@ class ServerSocket:
         "Server is shutting down", all by ``deadline`` (trio's clock). Never blocks. A close
         already under way keeps its code and gets the same deadline."""
         self._close_by = deadline
+        self._bound_write()
         if self._closing_scope is not None:
             self._closing_scope.deadline = min(self._closing_scope.deadline, deadline)
         self._end(CloseIntent(
@@ -698,8 +701,18 @@ class ServerSocket:
             return
         self._close = intent
         self._machine.close()
+        self._bound_write()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+    def _bound_write(self) -> None:
+        """The connection is ending: the dispatch task's write in flight (shielded, so that a
+        close never cuts a frame in half) gets ``shutdown_timeout_s`` (or the drain's
+        deadline), then the stream is closed."""
+        scope = self._write_scope
+        if scope is not None:
+            limit = trio.current_time() + self.server.config.shutdown_timeout_s
+            scope.deadline = min(scope.deadline, limit, self._close_by)
 
     # ------------------------------------------------------------------ running
 
@@ -774,7 +787,14 @@ class ServerSocket:
 
     async def _handshake_task(self) -> None:
         """Close with 4005 unless ``#handshake`` arrives in time; once the handshake is
-        accepted, become the heartbeat (one task per connection for both)."""
+        accepted, become the heartbeat (one task per connection for both). When it ends
+        (cancelled from outside, too), the dispatch task's write in flight gets a deadline."""
+        try:
+            await self._handshake_then_heartbeat()
+        finally:
+            self._bound_write()
+
+    async def _handshake_then_heartbeat(self) -> None:
         event = self._handshake_event
         if event is not None and not event.is_set():
             with trio.move_on_after(self.server.config.handshake_timeout_s):
@@ -899,7 +919,12 @@ class ServerSocket:
             del messages  # an idle connection keeps nothing of its last read
             if self._close is not None:
                 return  # run() writes what is queued, then the close frame
-            await transport.flush()
+            if transport.buffered_bytes:
+                # Shielded: ending the connection must not cut this write (and drop what is
+                # queued); ``_bound_write`` gives it a deadline once the connection ends.
+                with trio.CancelScope(shield=True) as self._write_scope:
+                    await transport.flush()
+                self._write_scope = None
 
     async def _dispatch_read(self, messages: list[str | bytes] | list[str]) -> None:
         machine = self._machine
