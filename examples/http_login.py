@@ -68,15 +68,14 @@ def check_credentials(body: Mapping[str, Any]) -> tuple[str, list[str]] | None:
 
 
 class LoginApp:
-    """The ASGI application: ``POST /login`` signs a token with the shared ``AuthEngine``.
+    """The ASGI application: ``POST /login`` has the SocketCluster server issue a token.
 
-    ``now`` is the clock the token's ``iat``/``exp`` are computed with; pass the
-    SocketCluster server's ``now`` so both servers agree on time.
+    ``issue_token`` signs with the server's ``AuthEngine`` on the server's clock, and gives
+    the token a fresh ``jti`` (so it can be revoked like any token the server issues).
     """
 
-    def __init__(self, auth: AuthEngine, now: Callable[[], float]) -> None:
-        self.auth = auth
-        self.now = now
+    def __init__(self, issue_token: Callable[[dict[str, Any]], str]) -> None:
+        self.issue_token = issue_token
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -113,9 +112,9 @@ class LoginApp:
             await _respond(send, 401, {"error": "Login failed"})
             return
         username, channels = user
-        # The same claims the WebSocket flow's socket.set_auth_token() would sign; iat and exp
-        # (default_expiry_s, one day) are added by the engine.
-        token = self.auth.sign({"username": username, "channels": channels}, now=self.now())
+        # The same claims the WebSocket flow's socket.set_auth_token() would sign; iat, exp
+        # (default_expiry_s, one day) and jti are added by the server.
+        token = self.issue_token({"username": username, "channels": channels})
         await _respond(send, 200, {"token": token})
 
 
@@ -201,7 +200,7 @@ async def main() -> None:
             async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 try:
                     await serve_http(
-                        LoginApp(auth, server.now),
+                        LoginApp(server.issue_token),
                         config,
                         shutdown_trigger=stop_http.wait,
                         task_status=task_status,

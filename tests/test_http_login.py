@@ -121,6 +121,8 @@ def test_login_returns_a_token_signed_with_the_shared_key(app: App) -> None:
     assert claims["channels"] == ["news", "alice-room"]
     assert before - 1 <= claims["iat"] <= time.time() + 1
     assert claims["exp"] - claims["iat"] == 86400  # the default expiry
+    assert isinstance(claims["jti"], str)  # revocable like any token the server issues
+    assert claims["jti"]
 
 
 @pytest.mark.parametrize(
