@@ -280,3 +280,53 @@ async def test_python_client_not_recovered_after_history_loss() -> None:
         server.publish("news", "new")
         assert await channel.get(timeout_s=2) == "new"
         assert channel.offset == 1
+
+
+class LaggingBroker(LocalBroker):
+    """Stores at once but hands frames to subscribers only on ``flush()``: as with Redis, where
+    the pub/sub frame of a publication can arrive after a history read that already saw it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight: list[tuple[str, Any, OutboundMessage, Publication]] = []
+
+    def fan_out(
+        self,
+        channel: str,
+        data: Any,
+        message: OutboundMessage,
+        publication: Publication | None = None,
+    ) -> None:
+        if publication is None:
+            super().fan_out(channel, data, message)
+        else:
+            self.in_flight.append((channel, data, message, publication))
+
+    def flush(self) -> None:
+        frames, self.in_flight = self.in_flight, []
+        for frame in frames:
+            super().fan_out(*frame)
+
+
+async def test_live_frames_of_publications_already_recovered_are_dropped(
+    connect: ClientFactory,
+) -> None:
+    broker = LaggingBroker()
+    server = history_server(broker=broker)
+    pub = await connect(server)
+    await pub.handshake()
+    epoch = (await publish(pub, "news", 1, cid=10))["data"]["epoch"]
+    broker.flush()
+    for i in (2, 3):  # stored; their frames still on the way
+        await publish(pub, "news", i, cid=10 + i)
+    sub = await connect(server)
+    await sub.handshake()
+    ack = await subscribe(sub, "news", {"recover": {"offset": 1, "epoch": epoch}})
+    assert ack["data"] == {"recovered": True, "offset": 3, "epoch": epoch}
+    broker.flush()  # the frames of 2 and 3 arrive late: already delivered from the read
+    await publish(pub, "news", 4, cid=14)
+    broker.flush()
+    await publish(pub, "news", 5, cid=15)
+    broker.flush()
+    got = await publishes(sub, 4)
+    assert [(p["offset"], p["data"]) for p in got] == [(2, 2), (3, 3), (4, 4), (5, 5)]

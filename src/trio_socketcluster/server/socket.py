@@ -584,13 +584,17 @@ class ServerSocket:
     ) -> None:
         """Broker callback: send a publish to this socket through publish-out middleware
         (while the channel's history is being read for this socket, it waits in the
-        channel's ``Catchup``)."""
+        channel's ``Catchup``; after the read, the ``Catchup`` drops the live frames of
+        publications the read already delivered, which a distributed broker's pub/sub can
+        bring after the read, until the first newer one)."""
         if publication is not None and self._catchups:
             catchup = self._catchups.get(channel)
             if catchup is not None:
-                for pub in catchup.live(publication):  # nothing while the read is pending
-                    self._deliver_publication(channel, pub)
-                return
+                if not catchup.live(publication):
+                    return  # buffered while the read is pending, or already delivered
+                # Past the read (live() only delivers once caught up, and then exactly this
+                # publication): the broker delivers in offset order, nothing older follows.
+                del self._catchups[channel]
         chain = self.server.middleware.chain(Hook.PUBLISH_OUT)
         if not chain:
             self._transport.send(message)
@@ -1302,7 +1306,7 @@ class ServerSocket:
                     self._nursery.start_soon(self._catch_up_async, channel, catchup, again)
                 return
             pubs = catchup.resolve(again)
-        self._catchups.pop(channel, None)
+        # The Catchup stays until the first live publication past the read (see deliver).
 
     async def _catch_up_async(
         self, channel: str, catchup: Catchup, read: Awaitable[Recovery]
@@ -1320,8 +1324,7 @@ class ServerSocket:
             for pub in catchup.resolve(rec):
                 self._deliver_publication_now(channel, pub)
             if not catchup.pending:
-                self._catchups.pop(channel, None)
-                return
+                return  # it stays until the first live publication past the read
             result = history.recover(channel, _after(catchup))
             read = _ready(result) if isinstance(result, Recovery) else result
 
