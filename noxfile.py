@@ -50,3 +50,19 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The benchmarks side by side with the Node reference (``-- --quick`` for a short run)."""
     session.run(".venv/bin/python", "benchmarks/run.py", *session.posargs, external=True)
+
+
+@nox.session(python=False)
+def autobahn(session: nox.Session) -> None:
+    """The RFC 6455 suite (Autobahn|Testsuite, on Python 2.7) against an echo server on our
+    transport: every case of sections 1-7 and 9 must be OK; report in test-artifacts/autobahn."""
+    session.run(".venv/bin/python", "tests/autobahn/run.py", *session.posargs, external=True)
+
+
+@nox.session(python=False)
+def chaos(session: nox.Session) -> None:
+    """The drain chaos tests (SIGTERM under a publish stream), 20 runs each."""
+    session.run(
+        ".venv/bin/python", "-m", "pytest", "-q", "tests/test_drain.py",
+        env={"DRAIN_CHAOS_RUNS": "20"}, external=True,
+    )  # fmt: skip
