@@ -26,6 +26,7 @@ Results: ``benchmarks/results/<date>.json`` (every repetition, raw) and, unless 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ NODE_DIR = BENCH / "node"
 INTEROP = ROOT / "tests" / "interop"
 DOCS = ROOT / "docs" / "benchmarks.md"
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
-AUTH_KEY = "bench-secret"
+AUTH_KEY = "bench-secret-for-the-load-generator-0123456789"  # >= 32 bytes: the CLI's minimum
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SERVER_CPU, LOADGEN_CPU = "0", "1"
@@ -64,8 +66,51 @@ TARGETS: dict[str, tuple[list[str], dict[str, str]]] = {
     # The floors of our two transports: bare servers with only what loadgen.js needs.
     "bare-ws": ([PYTHON, str(BENCH / "bare_ws.py")], {}),
     "bare-tws": ([PYTHON, str(BENCH / "bare_tws.py")], {}),
+    # The launcher (``serve --workers N``) with N worker processes joined by a Redis broker
+    # (``{broker}``: a redis-server run.py starts for the run); see MULTI_CORE.
+    "py-w1": (
+        [
+            PYTHON,
+            "-m",
+            "trio_socketcluster",
+            "serve",
+            "benchmarks.cluster_app:make_server",
+            "--workers",
+            "1",
+            "--broker",
+            "{broker}",
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        {"TRIO_SOCKETCLUSTER_AUTH_KEY": AUTH_KEY},
+    ),
+    "py-w2": (
+        [
+            PYTHON,
+            "-m",
+            "trio_socketcluster",
+            "serve",
+            "benchmarks.cluster_app:make_server",
+            "--workers",
+            "2",
+            "--broker",
+            "{broker}",
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        {"TRIO_SOCKETCLUSTER_AUTH_KEY": AUTH_KEY},
+    ),
 }
-DEFAULT_TARGETS = "bare-ws,bare-tws,py-ws,py-tws,node14,node19"
+#: Targets using both cores: the server processes (launcher, workers, redis-server) and the
+#: load generator all run unpinned on CPUs 0-1, so the load generator shares the cores with
+#: the workers; their "server CPU %" is the sum over those processes (200 % = both cores).
+MULTI_CORE = ("py-w1", "py-w2")
+ALL_CPUS = "0,1"
+DEFAULT_TARGETS = "bare-ws,bare-tws,py-ws,py-tws,node14,node19"  # py-w1,py-w2 on request
 OURS = ("py-ws", "py-tws")
 NODES = ("node14", "node19")
 #: our target -> its transport's floor; ratios to it are shown for FLOOR_WORKLOADS only (the
@@ -141,6 +186,50 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (a launcher's workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+class Server:
+    """The processes of one target whose CPU and memory are measured: the server, its
+    workers (descendants, found at each reading), and a redis-server when it uses one."""
+
+    def __init__(self, pid: int, extra: tuple[int, ...] = ()) -> None:
+        self.pid, self.extra = pid, extra
+
+    def pids(self) -> list[int]:
+        return [*process_tree(self.pid), *self.extra]
+
+    def cpu(self) -> float:
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):  # exited meanwhile
+                total += cpu_seconds(pid)
+        return total
+
+    def rss(self) -> int:
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                total += rss_bytes(pid)
+        return total
+
+
 def core_busy() -> dict[str, float]:
     """Busy seconds of the server's and the load generator's cores (all processes)."""
     busy = {}
@@ -200,10 +289,36 @@ class Proc:
         return self.p.returncode
 
 
-def start_server(target: str, logdir: Path) -> tuple[Proc, int]:
+def start_redis(logdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A throw-away redis-server (no persistence) on a free port, for the py-w* targets."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(logdir / "redis.log", "wb")  # noqa: SIM115 - the process owns it
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def start_server(target: str, logdir: Path, broker_url: str = "") -> tuple[Proc, int]:
     argv, env = TARGETS[target]
+    argv = [a.replace("{broker}", broker_url) for a in argv]
+    cpus = ALL_CPUS if target in MULTI_CORE else SERVER_CPU
     proc = Proc(
-        ["taskset", "-c", SERVER_CPU, *argv],
+        ["taskset", "-c", cpus, *argv],
         {**env, "PORT": "0", "AUTH_KEY": AUTH_KEY, "HOST": "127.0.0.1"},
         logdir / f"server-{target}.log",
     )
@@ -212,16 +327,22 @@ def start_server(target: str, logdir: Path) -> tuple[Proc, int]:
         line = proc.next_line(max(0.1, deadline - time.monotonic()))
         if line is None:
             raise RuntimeError(f"{target} exited before READY; see {proc.log}")
-        if line.startswith("READY "):
-            return proc, int(line.split()[1])
+        # "READY <port>" (the scripts), "... (READY <port>)" (the launcher)
+        if line.startswith("READY ") or "(READY " in line:
+            return proc, int(line.rsplit("READY ", 1)[1].rstrip(")").split()[0])
 
 
 def run_loadgen(
-    cfg: dict[str, Any], server_pid: int, logdir: Path, timeout: float, rss_before: int
+    cfg: dict[str, Any],
+    server: Server,
+    logdir: Path,
+    timeout: float,
+    rss_before: int,
+    cpus: str = LOADGEN_CPU,
 ) -> dict[str, Any]:
     """Run one load generator; returns its RESULT plus CPU (and memory) measurements."""
     lg = Proc(
-        ["taskset", "-c", LOADGEN_CPU, "node", str(NODE_DIR / "loadgen.js"), json.dumps(cfg)],
+        ["taskset", "-c", cpus, "node", str(NODE_DIR / "loadgen.js"), json.dumps(cfg)],
         {},
         logdir / "loadgen.log",
         stdin=True,
@@ -237,7 +358,7 @@ def run_loadgen(
             if line in ("START", "END"):
                 marks[line] = (
                     time.monotonic(),
-                    cpu_seconds(server_pid),
+                    server.cpu(),
                     cpu_seconds(lg.p.pid),
                     core_busy(),
                 )
@@ -245,7 +366,7 @@ def run_loadgen(
                 result = json.loads(line[len("RESULT ") :])
             elif line == "HOLD":
                 time.sleep(2.0)  # let the idle connections settle (and a GC cycle run)
-                after = rss_bytes(server_pid)
+                after = server.rss()
                 result["rss_before"], result["rss_after"] = rss_before, after
                 result["bytes_per_conn"] = (after - rss_before) / cfg["count"]
                 assert lg.p.stdin is not None
@@ -272,18 +393,33 @@ def run_one(target: str, name: str, args: argparse.Namespace, logdir: Path) -> d
         "duration_s": args.duration,
         "drain_s": 60,
         "auth_key": AUTH_KEY,
+        "busy_poll": not args.no_busy_poll,
     }
     if name == "handshake":
         cfg["count"] = args.handshakes
-    server, port = start_server(target, logdir)
+    redis: subprocess.Popen[bytes] | None = None
+    broker_url = ""
+    if target in MULTI_CORE:
+        redis, redis_port = start_redis(logdir)
+        broker_url = f"redis://127.0.0.1:{redis_port}/0"
     try:
-        cfg["url"] = f"ws://127.0.0.1:{port}/socketcluster/"
-        time.sleep(0.5)
-        rss_before = rss_bytes(server.p.pid)
-        result = run_loadgen(cfg, server.p.pid, logdir, timeout=600, rss_before=rss_before)
-        result["server_rss_idle"] = rss_before
+        proc, port = start_server(target, logdir, broker_url)
+        server = Server(proc.p.pid, (redis.pid,) if redis is not None else ())
+        try:
+            cfg["url"] = f"ws://127.0.0.1:{port}/socketcluster/"
+            time.sleep(0.5)
+            rss_before = server.rss()
+            result = run_loadgen(
+                cfg, server, logdir, timeout=600, rss_before=rss_before,
+                cpus=ALL_CPUS if target in MULTI_CORE else LOADGEN_CPU,
+            )  # fmt: skip
+            result["server_rss_idle"] = rss_before
+        finally:
+            code = proc.stop()
     finally:
-        code = server.stop()
+        if redis is not None:
+            redis.terminate()
+            redis.wait(10)
     if code not in (0, -signal.SIGTERM):
         result["server_exit"] = code
     return result
@@ -347,7 +483,7 @@ def get(d: dict[str, Any], path: str) -> float | None:
     return d if isinstance(d, int | float) else None
 
 
-def median(values: list[float | None]) -> float | None:
+def median(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None
 
@@ -530,6 +666,11 @@ def main() -> int:
         "--handshakes", type=int, help="connections in the handshake workload (default 10000)"
     )
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument(
+        "--no-busy-poll",
+        action="store_true",
+        help="let the load generator sleep in epoll_wait (the method before 2026-12)",
+    )
     ap.add_argument(
         "--out", type=Path, help="results file (default benchmarks/results/<date>.json)"
     )

@@ -51,22 +51,27 @@ function fail(msg) {
 
 // --- a minimal SocketCluster connection -------------------------------------------------------
 class Conn {
-  constructor(url) {
+  constructor(url, localAddress) {
     this.url = url;
+    this.localAddress = localAddress;  // source address (127.0.0.x: more ephemeral ports)
     this.cid = 0;
     this.pending = new Map();  // cid -> callback(packet)
     this.onPublish = null;      // (data) => void
     this.onEvent = null;        // (packet) => void
     this.closed = false;
     this.fast = null;           // (text) => true if it handled the message (no JSON.parse)
+    this.fastBuf = null;        // (buf) => true if it handled the raw message (no decoding)
     this.corked = false;
+    this.pings = 0;             // heartbeats answered
   }
 
   open(authToken, cb) {
     // A zero masking key makes ws skip the XOR pass (servers cannot tell: the key is per frame).
-    const ws = new WebSocket(this.url, {
+    const options = {
       perMessageDeflate: false, skipUTF8Validation: true, generateMask: (m) => m.fill(0),
-    });
+    };
+    if (this.localAddress) options.localAddress = this.localAddress;
+    const ws = new WebSocket(this.url, options);
     this.ws = ws;
     ws.on('open', () => this.invoke('#handshake', {authToken: authToken || null}, cb));
     ws.on('message', (buf) => this._onMessage(buf));
@@ -89,6 +94,9 @@ class Conn {
   }
 
   _onMessage(buf) {
+    // A delivery byte-identical to the expected one costs a memcmp: no UTF-8 decoding, no
+    // JSON.parse, no cork (a subscriber has nothing to send back).
+    if (this.fastBuf !== null && this.fastBuf(buf)) return;
     // Replies sent while handling what one read brought leave in one write.
     if (!this.corked && this.ws._socket) {
       this.corked = true;
@@ -96,8 +104,8 @@ class Conn {
       process.nextTick(() => { this.corked = false; this.ws._socket.uncork(); });
     }
     const text = buf.toString();
-    if (text === '#1') { this.ws.send('#2'); return; }
-    if (text === '') { this.ws.send(''); return; }
+    if (text === '#1') { this.pings += 1; this.ws.send('#2'); return; }
+    if (text === '') { this.pings += 1; this.ws.send(''); return; }
     if (this.fast !== null && this.fast(text)) return;
     let value;
     try { value = JSON.parse(text); } catch (err) { fail(`bad JSON ${text.slice(0, 80)}`); return; }
@@ -186,21 +194,46 @@ async function fanout() {
   let acked = 0;
   let running = true;
   let warmSeq = Infinity;  // messages from this seq on are measured
+  // What every subscriber must receive for publish `s`, byte for byte (both servers encode
+  // `{"event":"#publish","data":{"channel":"news","data":<the published data>}}`, and the data
+  // re-encoded gives back the publisher's text); anything else takes the JSON.parse path.
+  const PREFIX = Buffer.from('{"event":"#publish","data":{"channel":"news","data":{"s":');
+  const sentText = [];  // seq -> Buffer of the expected delivery
+  const sentAt = [];    // seq -> send time (ms)
+  let fastHits = 0;
+  function received(k, s, sentTime) {
+    const t = now();
+    if (s !== expected[k]) fail(`sub ${k}: got seq ${s}, expected ${expected[k]}`);
+    expected[k] = s + 1;
+    if (s >= warmSeq) { hist.add(t - sentTime); delivered += 1; lastDelivery = t; }
+  }
   subs.forEach((c, k) => {
     c.onPublish = (d) => {
-      const t = now();
       if (!d || d.channel !== 'news' || !d.data) { fail(`bad publish ${JSON.stringify(d)}`); return; }
-      const m = d.data;
-      if (m.s !== expected[k]) fail(`sub ${k}: got seq ${m.s}, expected ${expected[k]}`);
-      expected[k] = m.s + 1;
-      if (m.s >= warmSeq) { hist.add(t - m.t); delivered += 1; lastDelivery = t; }
+      received(k, d.data.s, d.data.t);
+    };
+    c.fastBuf = (buf) => {
+      const n = PREFIX.length;
+      if (buf.length <= n + 1 || buf[n - 1] !== 0x3a || buf[n - 2] !== 0x22) return false;
+      let s = 0;
+      let i = n;
+      for (; i < buf.length && buf[i] >= 0x30 && buf[i] <= 0x39; i++) s = s * 10 + buf[i] - 0x30;
+      const want = sentText[s];
+      if (i === n || want === undefined || !buf.equals(want)) return false;
+      fastHits += 1;
+      received(k, s, sentAt[s]);
+      return true;
     };
   });
 
   const payload = 'x'.repeat(cfg.payload_bytes || 32);
   function publishOne() {
     const s = seq++;
-    pub.invoke('#publish', {channel: 'news', data: {s, t: now(), p: payload}}, (p) => {
+    const t = now();
+    const dataJson = JSON.stringify({s, t, p: payload});
+    sentAt[s] = t;
+    sentText[s] = Buffer.from(`{"event":"#publish","data":{"channel":"news","data":${dataJson}}}`);
+    pub.invokeRaw('#publish', `{"channel":"news","data":${dataJson}}`, (p) => {
       if (p.error !== undefined) fail(`publish ${s}: ${JSON.stringify(p.error)}`);
       acked += 1;
       if (running) publishOne();
@@ -233,6 +266,7 @@ async function fanout() {
     elapsed_s: (t1 - t0) / 1000,
     msgs_per_s: delivered / ((t1 - t0) / 1000),
     publishes_per_s: measuredMsgs / ((t1 - t0) / 1000),
+    fast_path_share: fastHits / Math.max(1, published * subs.length),
     latency: hist.summary(),
     _close: () => { subs.forEach((c) => c.close()); pub.close(); },
   };
@@ -359,6 +393,111 @@ async function handshake() {
   };
 }
 
+// idle: one process's share of a crowd of idle authenticated connections (benchmarks/idle.py
+// starts several, each from its own source address). Opens `count` connections, each with its
+// own HS256 JWT, `concurrency` handshakes in flight, prints `OPEN {...}`, then answers pings and
+// obeys stdin, one command a line:
+//   round <spread_ms>  every connection invokes `echo` once; the invokes are spread evenly
+//                      over spread_ms (0: all at once); prints `ROUND {...}` with every
+//                      latency (ms) once every reply is in (or after drain_s)
+//   stats              prints `STATS {pings, open}` (heartbeats answered so far)
+//   close              closes every connection and exits
+async function idle() {
+  const jwt8 = require('jsonwebtoken-8');  // 50x faster signing than jsonwebtoken 9
+  const iat = Math.floor(Date.now() / 1000);
+  const base = cfg.first_index || 0;
+  const conns = [];
+  let next = 0;
+  let failed = 0;
+  const t0 = now();
+  async function worker() {
+    while (next < cfg.count) {
+      const i = next++;
+      const token = jwt8.sign(
+        {username: (base + i) % 2 ? 'bob' : 'alice', channels: ['news'], n: base + i, iat},
+        cfg.auth_key, {algorithm: 'HS256', expiresIn: cfg.token_ttl_s || 86400});
+      await new Promise((resolve) => {
+        const c = new Conn(cfg.url, cfg.local_address);
+        c.open(token, (p) => {
+          if (p.error !== undefined || !p.data || p.data.isAuthenticated !== true) {
+            fail(`handshake ${i}: ${JSON.stringify(p).slice(0, 200)}`);
+            failed += 1;
+          } else {
+            conns.push(c);
+          }
+          resolve();
+        });
+        c.ws.on('error', () => { failed += 1; resolve(); });
+      });
+    }
+  }
+  await Promise.all(Array.from({length: cfg.concurrency || 100}, worker));
+  say('OPEN ' + JSON.stringify({open: conns.length, failed, elapsed_s: (now() - t0) / 1000,
+    errors, error_samples: errorSamples}));
+
+  function round(spreadMs) {
+    return new Promise((resolve) => {
+      const lat = new Float64Array(conns.length);
+      let answered = 0;
+      let sent = 0;
+      const start = now();
+      const finish = () => {
+        const got = Array.from(lat.subarray(0, conns.length)).filter((x) => x > 0);
+        resolve({n: conns.length, answered, elapsed_ms: now() - start,
+          latencies_ms: got.map((x) => Math.round(x * 100) / 100)});
+      };
+      const timer = setTimeout(finish, (cfg.drain_s || 60) * 1000 + spreadMs);
+      function sendOne(k) {
+        const c = conns[k];
+        const t = now();
+        const payload = `{"k":${k}}`;
+        c.invokeRaw('echo', payload, (p) => {
+          if (p.error !== undefined || !p.data || p.data.k !== k) {
+            fail(`echo ${k}: ${JSON.stringify(p).slice(0, 120)}`);
+          }
+          lat[k] = Math.max(now() - t, 1e-6);
+          answered += 1;
+          if (answered === conns.length) { clearTimeout(timer); finish(); }
+        });
+      }
+      if (spreadMs <= 0) {
+        for (let k = 0; k < conns.length; k++) sendOne(k);
+        return;
+      }
+      // Paced: every 5 ms, send what is due by now (evenly over spreadMs).
+      const tick = () => {
+        const due = Math.min(conns.length, Math.ceil((now() - start) / spreadMs * conns.length));
+        while (sent < due) sendOne(sent++);
+        if (sent < conns.length) setTimeout(tick, 5);
+      };
+      tick();
+    });
+  }
+
+  let pending = '';
+  await new Promise((resolveAll) => {
+    process.stdin.on('data', async (chunk) => {
+      pending += chunk.toString();
+      let nl;
+      while ((nl = pending.indexOf('\n')) >= 0) {
+        const [cmd, arg] = pending.slice(0, nl).trim().split(/\s+/);
+        pending = pending.slice(nl + 1);
+        if (cmd === 'round') {
+          const r = await round(Number(arg || 0));
+          say('ROUND ' + JSON.stringify({...r, errors, error_samples: errorSamples}));
+        } else if (cmd === 'stats') {
+          const open = conns.filter((c) => !c.closed).length;
+          say('STATS ' + JSON.stringify({pings: conns.reduce((a, c) => a + c.pings, 0), open,
+            errors}));
+        } else if (cmd === 'close') {
+          resolveAll();
+        }
+      }
+    });
+  });
+  return {count: cfg.count, open: conns.length, _close: () => conns.forEach((c) => c.close())};
+}
+
 // micro: the Node side of the codec and JWT micro-benchmarks (ns per op).
 function micro() {
   const formatter = require('sc-formatter');
@@ -399,16 +538,31 @@ function micro() {
   };
 }
 
+// Busy polling: an immediate that re-queues itself keeps libuv's poll phase non-blocking, so
+// this process never sleeps in epoll_wait. On loopback the receiver's wakeup is paid by the
+// *sender* (the server: TCP receive processing, ep_poll_callback, the IPI to the sleeping
+// core), once per segment; a server writing one segment per delivery (socketcluster-server)
+// would otherwise be charged a wakeup of the load generator for each of them.
+let spinning = false;
+function startBusyPoll() {
+  spinning = true;
+  const spin = () => { if (spinning) setImmediate(spin); };
+  spin();
+}
+
 async function main() {
+  if (cfg.busy_poll) startBusyPoll();
   let result;
   switch (cfg.workload) {
     case 'fanout': result = await fanout(); break;
     case 'rpc': result = await rpcLoop(false); break;
     case 'authrpc': result = await rpcLoop(true); break;
     case 'handshake': result = await handshake(); break;
+    case 'idle': result = await idle(); break;
     case 'micro': result = micro(); break;
     default: throw new Error(`unknown workload ${cfg.workload}`);
   }
+  spinning = false;
   const {_close, _hold, ...out} = result;
   out.errors = errors;
   out.error_samples = errorSamples;
