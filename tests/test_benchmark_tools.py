@@ -54,8 +54,9 @@ def test_fanout_deliveries_are_verified_on_the_fast_path(tmp_path: Path) -> None
     result = data["repetitions"][0]["fanout"]["py-ws"]
     assert result["ok"], result
     assert result["measured_publishes"] > 0
-    # every delivery was byte-identical to what was published (memcmp, no JSON.parse)
-    assert result["fast_path_share"] == 1.0
+    # the first of 1,000 copies of each publish is parsed and checked, the others are compared
+    # with it byte for byte (memcmp, no JSON.parse)
+    assert result["fast_path_share"] == pytest.approx(0.999)
     assert result["msgs_per_s"] > 0 and result["server_cpu_pct"] > 0
 
 
