@@ -34,4 +34,4 @@ def test_recovery_js_with_the_real_clients() -> None:
             check=False,
         )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "# pass 6" in proc.stdout and "# fail 0" in proc.stdout
+    assert "# pass 7" in proc.stdout and "# fail 0" in proc.stdout

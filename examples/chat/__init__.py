@@ -24,6 +24,12 @@ What the server does, all on the public API:
   renewal hook ``CHAT_RENEW`` seconds before they expire (default 30; ``0`` turns renewal
   off, and the page then returns to its login form when the token expires).
 
+* Channel history: every channel keeps its last ``HISTORY_SIZE`` messages for a day, so a tab
+  that was disconnected gets the messages it missed when it subscribes again (the page uses
+  ``recovery.js``, served at ``/recovery.js`` from the package), and the ``history
+  {channel}`` procedure answers the recent ones, with the channel's position, to a page that
+  has just opened (or that lost its position: a restart of this process loses the history).
+
 The page keeps the user logged in across lost connections (the client stores the token in
 ``localStorage`` and presents it on reconnect) and across tabs (see ``static/app.js``).
 """
@@ -34,18 +40,33 @@ import hmac
 import logging
 import os
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from trio_socketcluster import Allow, Block, Hook, Reply, Server, ServerSocket
+from trio_socketcluster import (
+    Allow,
+    Block,
+    HistoryBroker,
+    HistoryConfig,
+    HistoryPolicy,
+    Hook,
+    Reply,
+    Server,
+    ServerSocket,
+)
+from trio_socketcluster.history import Publication, RecoverRequest, Recovery
 from trio_socketcluster.middleware import PublishInRequest, SubscribeRequest
 from trio_socketcluster.server.http import static_files
+from trio_socketcluster.transport.base import HandshakeRequest, Rejection
 
 __all__ = ["USERS", "app", "build_app"]
 
 log = logging.getLogger("examples.chat")
 
 STATIC = Path(__file__).resolve().parent / "static"
+#: The package's own static files: ``recovery.js``, the recovery helper for the JS clients.
+PACKAGE_STATIC = Path(str(resources.files("trio_socketcluster") / "static"))
 BUNDLE = STATIC / "vendor" / "socketcluster-client.min.js"  # made by ``examples.chat.vendor``
 
 #: The user store: username -> (password, channels). A real application keeps salted hashes
@@ -56,6 +77,7 @@ USERS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 MAX_TEXT = 500
+HISTORY_SIZE = 200  #: messages kept per channel (each for a day)
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -90,8 +112,22 @@ def build_app(
         raise ValueError("token_ttl_s must be positive")
     if renew_before_s is not None and not 0 < renew_before_s < token_ttl_s:
         renew_before_s = None
-    server = Server(auth_default_expiry_s=token_ttl_s, renew_before_s=renew_before_s, **options)
-    server.http_handler = static_files(STATIC)
+    every_channel = {name for _password, channels in USERS.values() for name in channels}
+    history = HistoryConfig(
+        channels={name: HistoryPolicy(size=HISTORY_SIZE, ttl_s=86400) for name in every_channel}
+    )
+    server = Server(
+        auth_default_expiry_s=token_ttl_s,
+        renew_before_s=renew_before_s,
+        history=history,
+        **options,
+    )
+    page, helper = static_files(STATIC), static_files(PACKAGE_STATIC)
+
+    async def http(request: HandshakeRequest) -> Rejection:
+        return await (helper if request.path == "/recovery.js" else page)(request)
+
+    server.http_handler = http
 
     # ---------------------------------------------------------------- procedures
 
@@ -115,6 +151,19 @@ def build_app(
     @server.handler("logout")
     def logout(socket: ServerSocket, _data: Any) -> None:
         socket.deauthenticate()
+
+    @server.handler("history")
+    async def recent(socket: ServerSocket, data: Any) -> Any:
+        # The channel's recent messages and its position ({offset, epoch, messages}); the page
+        # then subscribes asking to recover after that position: nothing missed in between.
+        channel = data.get("channel") if isinstance(data, dict) else None
+        if not isinstance(channel, str) or channel not in _token_channels(socket.auth_token):
+            return Reply(error=f"You are not authorized to read {channel}")
+        broker = server.broker
+        assert isinstance(broker, HistoryBroker)  # every broker that keeps history
+        pubs, latest = await _recent(broker, channel, HISTORY_SIZE)
+        messages = [{"offset": pub.offset, "data": pub.data} for pub in pubs]
+        return Reply(data={"offset": latest.offset, "epoch": latest.epoch, "messages": messages})
 
     @server.renewal
     def renew(_socket: ServerSocket, token: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -160,6 +209,26 @@ def build_app(
         log.info("%s logged out on socket %s", old_token.get("username"), socket.id)
 
     return server
+
+
+async def _recover(broker: HistoryBroker, channel: str, since: RecoverRequest | None) -> Recovery:
+    result = broker.recover(channel, since)
+    return result if isinstance(result, Recovery) else await result
+
+
+async def _recent(
+    broker: HistoryBroker, channel: str, count: int
+) -> tuple[tuple[Publication, ...], Recovery]:
+    """The last ``count`` publications still kept (fewer when older ones expired), and the
+    channel's position. A recovery is all or nothing, so halve the span until one succeeds."""
+    latest = await _recover(broker, channel, None)
+    since = max(latest.offset - count, 0)
+    while since < latest.offset:
+        rec = await _recover(broker, channel, RecoverRequest(since, latest.epoch))
+        if rec.recovered:
+            return rec.publications, rec
+        since = (since + latest.offset + 1) // 2
+    return (), latest
 
 
 def app() -> Server:

@@ -246,6 +246,77 @@ const scenarios = {
     await shot(page, 'reloaded');
   },
 
+  // Channel history: a tab that was away gets what was published meanwhile (recovered on
+  // resubscribe; after a server restart, which loses the in-process history, from the
+  // `history` procedure), and a reloaded page shows the recent messages. Each message once,
+  // in order.
+  async history(browser) {
+    const alice = await openChat(await browser.newContext(), 'alice');
+    await logIn(alice, 'alice', 'alice-pass');
+    await waitFor(alice, { view: 'chat', auth: 'authenticated', user: 'alice' }, 'alice logs in');
+    await waitSubscribed(alice, ['general', 'alice-room']);
+    const bob = await openChat(await browser.newContext(), 'bob');
+    await logIn(bob, 'bob', 'bob-pass');
+    await waitFor(bob, { view: 'chat', auth: 'authenticated', user: 'bob' }, 'bob logs in');
+    await waitSubscribed(bob, ['general', 'random']);
+    check((await alice.evaluate(() => window.chat.state.current)) === 'general', 'alice is on #general');
+
+    const texts = (page) => page.$$eval('#messages li .text', (items) => items.map((li) => li.textContent));
+    async function expectTexts(page, want, what) {
+      try {
+        await page.waitForFunction(
+          (w) => JSON.stringify([...document.querySelectorAll('#messages li .text')].map((li) => li.textContent)) === JSON.stringify(w),
+          want, { timeout: WAIT_MS });
+      } catch (err) {
+        throw new Failure(`${what}: wanted ${JSON.stringify(want)}, page shows ${JSON.stringify(await texts(page))}`);
+      }
+    }
+
+    step('both chat');
+    await send(alice, 'a1');
+    await waitMessage(bob, 'alice', 'a1', 'bob gets a1');
+    await send(bob, 'b1');
+    await expectTexts(alice, ['a1', 'b1'], 'alice sees both');
+
+    step('alice is away while bob posts');
+    await alice.evaluate(() => window.chat.socket.disconnect());
+    await waitFor(alice, { connection: 'closed' }, 'alice is disconnected');
+    await send(bob, 'b2');
+    await send(bob, 'b3');
+    await waitMessage(bob, 'bob', 'b3', 'bob posted b3');
+    await shot(alice, 'away');
+    await alice.evaluate(() => window.chat.socket.connect());
+    await waitFor(alice, { connection: 'open' }, 'alice is back');
+    await expectTexts(alice, ['a1', 'b1', 'b2', 'b3'], 'alice gets what she missed, once each');
+    await shot(alice, 'recovered');
+
+    step('a reloaded page shows the recent history');
+    await alice.reload();
+    await waitFor(alice, { connection: 'open', view: 'chat', user: 'alice' }, 'reload: straight to chat');
+    await expectTexts(alice, ['a1', 'b1', 'b2', 'b3'], 'the reloaded page shows the history');
+    await send(alice, 'a2');
+    await expectTexts(alice, ['a1', 'b1', 'b2', 'b3', 'a2'], 'and live messages after it');
+    await shot(alice, 'reloaded');
+
+    step('the server restarts while alice is away');
+    await alice.evaluate(() => window.chat.socket.disconnect());
+    await waitFor(alice, { connection: 'closed' }, 'alice is disconnected');
+    await control('stop-server');
+    await control('start-server');
+    await waitFor(bob, { connection: 'open', auth: 'authenticated' }, 'bob reconnects');
+    await waitSubscribed(bob, ['general', 'random']);
+    await send(bob, 'b4');
+    await waitMessage(bob, 'bob', 'b4', 'bob posted b4 after the restart');
+    await alice.evaluate(() => window.chat.socket.connect());
+    await waitFor(alice, { connection: 'open', auth: 'authenticated' }, 'alice is back');
+    await expectTexts(alice, ['a1', 'b1', 'b2', 'b3', 'a2', 'b4'],
+      'alice keeps what she had and gets what was posted after the restart');
+    await send(bob, 'b5');
+    await expectTexts(alice, ['a1', 'b1', 'b2', 'b3', 'a2', 'b4', 'b5'], 'then live ones');
+    await expectTexts(bob, ['a1', 'b1', 'b2', 'b3', 'a2', 'b4', 'b5'], 'bob saw the same, once each');
+    await shot(alice, 'after-restart');
+  },
+
   // Two tabs in one browser context share the token through localStorage.
   async tabs(browser) {
     const context = await browser.newContext();

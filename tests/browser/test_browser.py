@@ -51,6 +51,7 @@ SCENARIOS: dict[str, dict[str, str]] = {
     "tabs": {},
     "expiry": {"CHAT_TOKEN_TTL": "3", "CHAT_RENEW": "0"},
     "renewal": {"CHAT_TOKEN_TTL": "4", "CHAT_RENEW": "2"},
+    "history": {},
 }
 
 
@@ -250,6 +251,14 @@ def test_token_expiry_logs_out(browser_ready: None, chat_server: ChatServer) -> 
 def test_token_renewal_keeps_the_login(browser_ready: None, chat_server: ChatServer) -> None:
     """The renewal hook replaces the token before it expires; the page stays logged in."""
     run_driver("renewal", chat_server)
+
+
+@pytest.mark.parametrize("chat_server", ["history"], indirect=True)
+def test_missed_messages_and_recent_history(browser_ready: None, chat_server: ChatServer) -> None:
+    """A tab that was away gets the messages posted meanwhile (recovered when it subscribes
+    again; after a server restart, from the history procedure), a reloaded page shows the
+    recent history; every message once, in order, in both tabs."""
+    run_driver("history", chat_server)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

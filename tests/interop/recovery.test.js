@@ -67,6 +67,26 @@ test('channelPrefix is stripped from wire names', () => {
   assert.deepEqual(d.recover, {offset: 3, epoch: 'E'});
 });
 
+test('seek sets a position (never backwards within an epoch); onPublication sees each one', () => {
+  const seen = [];
+  const r = SCRecovery.create({channelPrefix: 'app/', onPublication: (name, p) => seen.push([name, p])});
+  const d = r.data('room');
+  r.seek('room', {offset: 10, epoch: 'E'});
+  assert.deepEqual(d.recover, {offset: 10, epoch: 'E'});
+  r.seek('room', {offset: 4, epoch: 'E'});
+  r.seek('room', {offset: 'x', epoch: 'E'});
+  r.seek('room', null);
+  assert.deepEqual(r.position('room'), {offset: 10, epoch: 'E'});
+  r.onMessage(pub('app/room', 9, 'E', 'old'));  // reported, the position stays
+  r.onMessage('[' + pub('app/room', 11, 'E', 'new') + ',' + pub('room', 12, 'E', 'not ours') + ']');
+  r.seek('room', {offset: 2, epoch: 'F'});  // another epoch replaces it
+  assert.deepEqual(d.recover, {offset: 2, epoch: 'F'});
+  assert.deepEqual(seen, [
+    ['room', {data: 'old', offset: 9, epoch: 'E'}],
+    ['room', {data: 'new', offset: 11, epoch: 'E'}],
+  ]);
+});
+
 // A scripted server: answers the handshake and every #subscribe, records the subscribes,
 // sends two publications on the first connection, then drops it (code 4000).
 function scriptedServer() {

@@ -9,6 +9,13 @@
 //   listens to the `storage` event, which fires in every *other* tab of the origin when the
 //   token changes: a new token is handed to the server with socket.authenticate(token), a
 //   removed one ends this tab's session too with socket.deauthenticate().
+// * Missed messages: every channel keeps history on the server. recovery.js (loaded before this
+//   module; it defines SCRecovery) reads the raw #publish messages, keeps each channel's last
+//   {offset, epoch} and puts it in the subscribe data, so the client's automatic resubscribe
+//   after a reconnect gets what this tab missed. Messages are shown from those raw messages,
+//   keyed by epoch and offset: each once, in order, however it came (live, replayed, or from
+//   the `history` procedure, which fills a freshly opened page and, on every reconnect, what
+//   a restarted server no longer had to replay).
 //
 // document.body carries the state as data attributes (view, connection, auth, user) for CSS
 // and for the browser tests; window.chat exposes the socket and a history of the views shown.
@@ -37,12 +44,19 @@ const state = {
   connectedOnce: false,
   channels: [],          // from the token's `channels` claim
   current: null,         // the selected channel
-  messages: new Map(),   // channel -> [{from, text, at}]
+  messages: new Map(),   // channel -> [{rank, offset, message: {from, text, at}}], in order
+  seen: new Map(),       // channel -> Set of "epoch:offset" shown
+  epochs: new Map(),     // channel -> [epoch, ...] in the order seen (a restart starts one)
   unread: new Map(),     // channel -> count
-  consumers: new Set(),  // channels with a running `for await` loop
+  wanted: new Set(),     // channels subscribed to (from the token)
 };
+const recovery = SCRecovery.create({ onPublication: addMessage });
+(async () => {
+  // Before any subscribe: every raw message, for the positions and the messages.
+  for await (const { message } of socket.listener('message')) recovery.onMessage(message);
+})();
 const viewHistory = [{ view: body.dataset.view, at: Date.now() }];  // 'loading'
-window.chat = { socket, viewHistory, state };
+window.chat = { socket, viewHistory, state, recovery };
 
 // ------------------------------------------------------------------ rendering
 
@@ -112,7 +126,7 @@ function renderChannels() {
 
 function renderMessages() {
   const list = $('messages');
-  list.replaceChildren(...(state.messages.get(state.current) || []).map((m) => {
+  list.replaceChildren(...(state.messages.get(state.current) || []).map(({ message: m }) => {
     const li = document.createElement('li');
     li.dataset.from = m.from;
     const from = document.createElement('span');
@@ -139,38 +153,68 @@ function selectChannel(name) {
 
 // ------------------------------------------------------------------ channels
 
-async function consume(name) {
-  // Any consumer of the channel's stream gets its data, whichever subscribe() created it.
-  for await (const message of socket.channel(name)) {
-    if (!message || typeof message.text !== 'string') continue;
-    if (!state.messages.has(name)) state.messages.set(name, []);
-    state.messages.get(name).push(message);
-    if (name === state.current) renderMessages();
-    else {
-      state.unread.set(name, (state.unread.get(name) || 0) + 1);
-      renderChannels();
-    }
+// A publication on a channel with history (live, replayed after a reconnect, or fetched):
+// shown once, ordered by epoch (in the order seen) then offset.
+function addMessage(name, { data, offset, epoch }) {
+  if (!state.wanted.has(name) || !data || typeof data.text !== 'string') return;
+  const seen = state.seen.get(name);
+  const key = `${epoch}:${offset}`;
+  if (seen.has(key)) return;
+  seen.add(key);
+  const epochs = state.epochs.get(name);
+  if (!epochs.includes(epoch)) epochs.push(epoch);
+  const list = state.messages.get(name);
+  const entry = { rank: epochs.indexOf(epoch), offset, message: data };
+  const later = (e) => e.rank > entry.rank || (e.rank === entry.rank && e.offset > offset);
+  const at = list.findIndex(later);
+  if (at === -1) list.push(entry); else list.splice(at, 0, entry);
+  if (name === state.current) renderMessages();
+  else {
+    state.unread.set(name, (state.unread.get(name) || 0) + 1);
+    renderChannels();
   }
 }
 
-function syncChannels() {
+// The channel's recent messages and position, from the server's history. The subscription
+// is already asked for (the same socket answers in order), so with the live ones nothing is
+// missed; the position then makes the next resubscribe ask for what follows it.
+async function loadHistory(name) {
+  let recent;
+  try {
+    recent = await socket.invoke('history', { channel: name });
+  } catch (err) {
+    console.debug('history of', name, 'failed:', err?.message);
+    return;
+  }
+  if (!state.wanted.has(name) || !recent) return;
+  for (const { offset, data } of recent.messages) addMessage(name, { data, offset, epoch: recent.epoch });
+  recovery.seek(name, { offset: recent.offset, epoch: recent.epoch });
+}
+
+function syncChannels({ reconnected = false } = {}) {
   const token = socket.authState === socket.AUTHENTICATED ? socket.authToken : null;
   const wanted = Array.isArray(token?.channels) ? token.channels.map(String) : [];
-  for (const name of state.consumers) {
+  for (const name of state.wanted) {
     if (!wanted.includes(name)) {
       socket.unsubscribe(name);
-      socket.closeChannel(name);  // ends its `for await` loop
-      state.consumers.delete(name);
-      state.messages.delete(name);
-      state.unread.delete(name);
+      socket.closeChannel(name);
+      recovery.forget(name);
+      for (const map of [state.messages, state.seen, state.epochs, state.unread]) map.delete(name);
+      state.wanted.delete(name);
     }
   }
   for (const name of wanted) {
-    if (!socket.isSubscribed(name, true)) socket.subscribe(name, { waitForAuth: true });
-    if (!state.consumers.has(name)) {
-      state.consumers.add(name);
-      consume(name);
+    const fresh = !state.wanted.has(name);
+    if (fresh) {
+      state.wanted.add(name);
+      state.messages.set(name, []);
+      state.seen.set(name, new Set());
+      state.epochs.set(name, []);
     }
+    if (!socket.isSubscribed(name, true)) {
+      socket.subscribe(name, { waitForAuth: true, data: recovery.data(name) });
+    }
+    if (fresh || reconnected) loadHistory(name);
   }
   state.channels = wanted;
   if (!wanted.includes(state.current)) state.current = wanted[0] ?? null;
@@ -188,9 +232,10 @@ function listen(event, fn) {
 
 listen('connecting', render);
 listen('connect', () => {
+  const reconnected = state.connectedOnce;
   state.connectedOnce = true;
   render();
-  syncChannels();
+  syncChannels({ reconnected });
 });
 listen('disconnect', render);
 listen('close', render);

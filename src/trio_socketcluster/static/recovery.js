@@ -37,7 +37,12 @@
  * with; if the socket has a `channelPrefix`, pass it: `SCRecovery.create({channelPrefix})`.
  *
  * `recovery.position(name)` is the last `{offset, epoch}` seen (or null); `recovery.forget(name)`
- * drops it (after an unsubscribe for good). The helper does not read the subscribe
+ * drops it (after an unsubscribe for good). `recovery.seek(name, {offset, epoch})` sets the
+ * position from elsewhere (a history fetched over RPC, a saved position), so that the next
+ * subscribe asks for what came after it; within an epoch the position never moves back.
+ * `SCRecovery.create({onPublication})` also calls `onPublication(name, {data, offset, epoch})`
+ * for every publication with a position, in the order received (offsets let an application
+ * merge live publications with a fetched history without duplicates). The helper does not read the subscribe
  * acknowledgement (the stock clients do not hand its data to the application), so after a
  * failed recovery it learns the new epoch from the next publication: until then a
  * resubscribe asks with the old position and simply gets `recovered: false` again.
@@ -60,19 +65,16 @@
 
   function create(options) {
     const prefix = (options && options.channelPrefix) || '';
+    const onPublication = (options && options.onPublication) || null;
     const datas = new Map(); // channel name -> the subscribe data object handed out
     const positions = new Map(); // channel name -> {offset, epoch}
 
-    function update(wireName, offset, epoch) {
-      if (prefix) {
-        if (!wireName.startsWith(prefix)) return;
-        wireName = wireName.slice(prefix.length);
-      }
-      const known = positions.get(wireName);
+    function update(name, offset, epoch) {
+      const known = positions.get(name);
       if (known && known.epoch === epoch && known.offset >= offset) return;
       const position = {offset: offset, epoch: epoch};
-      positions.set(wireName, position);
-      const data = datas.get(wireName);
+      positions.set(name, position);
+      const data = datas.get(name);
       if (data) data.recover = {offset: offset, epoch: epoch};
     }
 
@@ -80,7 +82,18 @@
       if (!packet || packet.event !== '#publish') return;
       const d = packet.data;
       if (!d || typeof d.channel !== 'string' || !isPosition(d.offset, d.epoch)) return;
-      update(d.channel, d.offset, d.epoch);
+      let name = d.channel;
+      if (prefix) {
+        if (!name.startsWith(prefix)) return;
+        name = name.slice(prefix.length);
+      }
+      update(name, d.offset, d.epoch);
+      if (onPublication) onPublication(name, {data: d.data, offset: d.offset, epoch: d.epoch});
+    }
+
+    function seek(name, position) {
+      if (!position || !isPosition(position.offset, position.epoch)) return;
+      update(name, position.offset, position.epoch);
     }
 
     function onMessage(message) {
@@ -130,7 +143,7 @@
       datas.delete(name);
     }
 
-    return {onMessage: onMessage, data: data, position: position, forget: forget};
+    return {onMessage: onMessage, data: data, position: position, forget: forget, seek: seek};
   }
 
   return {create: create};
