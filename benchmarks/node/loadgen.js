@@ -178,14 +178,23 @@ const say = (line) => process.stdout.write(line + '\n');
 
 // --- workloads --------------------------------------------------------------------------------
 
-// fanout: `subscribers` connections on `news`, one logged-in publisher keeping `in_flight`
-// publishes unacknowledged; every subscriber must get every message exactly once, in order.
+// fanout: `subscribers` connections on `channel` (default `news`, which keeps history in the
+// conformance app), one logged-in publisher keeping `in_flight` publishes unacknowledged;
+// every subscriber must get every message exactly once, in order. On another channel the
+// publisher hands over a token it signs itself, naming that channel (the app's publish rule).
 async function fanout() {
+  const channel = cfg.channel || 'news';
   const subs = await openMany(cfg.subscribers, 50, async (c) => {
-    await call(c, '#subscribe', {channel: 'news'});
+    await call(c, '#subscribe', {channel});
   });
-  const pub = await openConn(null);
-  await login(pub, 0);
+  let pub;
+  if (channel === 'news') {
+    pub = await openConn(null);
+    await login(pub, 0);
+  } else {
+    pub = await openConn(jwt.sign({username: 'alice', channels: [channel]}, cfg.auth_key,
+      {algorithm: 'HS256', expiresIn: 86400}));
+  }
   const hist = new Histogram();
   const expected = new Int32Array(subs.length);  // next expected seq per subscriber
   let delivered = 0;
@@ -198,7 +207,7 @@ async function fanout() {
   // The first delivery of `s` is parsed and checked field by field (channel, the published
   // data; a server with channel history adds offset and epoch); the other subscribers' copies
   // are compared with it byte for byte (memcmp), without UTF-8 decoding or JSON.parse.
-  const PREFIX = Buffer.from('{"event":"#publish","data":{"channel":"news","data":{"s":');
+  const PREFIX = Buffer.from(`{"event":"#publish","data":{"channel":${JSON.stringify(channel)},"data":{"s":`);
   const first = [];   // seq -> the first delivery's bytes, once checked
   const sentAt = [];  // seq -> send time (ms)
   const payload = 'x'.repeat(cfg.payload_bytes || 32);
@@ -211,7 +220,7 @@ async function fanout() {
   }
   function checked(d) {  // the `data` of a #publish packet: is it publish d.data.s?
     const m = d && d.data;
-    return d && d.channel === 'news' && m && Number.isInteger(m.s) && m.s >= 0 && m.s < seq &&
+    return d && d.channel === channel && m && Number.isInteger(m.s) && m.s >= 0 && m.s < seq &&
       m.t === sentAt[m.s] && m.p === payload;
   }
   subs.forEach((c, k) => {
@@ -245,7 +254,7 @@ async function fanout() {
     const s = seq++;
     const t = now();
     sentAt[s] = t;
-    pub.invokeRaw('#publish', `{"channel":"news","data":${JSON.stringify({s, t, p: payload})}}`, (p) => {
+    pub.invokeRaw('#publish', `{"channel":${JSON.stringify(channel)},"data":${JSON.stringify({s, t, p: payload})}}`, (p) => {
       if (p.error !== undefined) fail(`publish ${s}: ${JSON.stringify(p.error)}`);
       acked += 1;
       if (running) publishOne();
