@@ -60,6 +60,18 @@ def test_fanout_deliveries_are_verified_on_the_fast_path(tmp_path: Path) -> None
     assert result["msgs_per_s"] > 0 and result["server_cpu_pct"] > 0
 
 
+def test_fanout_plain_is_the_same_workload_on_a_channel_without_history(tmp_path: Path) -> None:
+    """``fanout`` (on ``news``, which keeps history in the conformance app) against
+    ``fanout-plain``: the cost of history is measured between these two."""
+    _tools()
+    data = _bench(tmp_path, "py-ws", "fanout,fanout-plain")
+    with_history = data["repetitions"][0]["fanout"]["py-ws"]
+    plain = data["repetitions"][0]["fanout-plain"]["py-ws"]
+    assert with_history["ok"] and plain["ok"], (with_history, plain)
+    assert with_history["history"] is True and plain["history"] is False
+    assert plain["measured_publishes"] > 0 and plain["fast_path_share"] == pytest.approx(0.999)
+
+
 def test_the_two_worker_target_serves_and_counts_every_process(tmp_path: Path) -> None:
     _tools()
     if shutil.which("redis-server") is None:

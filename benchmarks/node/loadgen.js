@@ -218,10 +218,13 @@ async function fanout() {
     expected[k] = s + 1;
     if (s >= warmSeq) { hist.add(t - sentTime); delivered += 1; lastDelivery = t; }
   }
+  let withPosition = 0;  // checked deliveries that carry a history position (offset, epoch)
   function checked(d) {  // the `data` of a #publish packet: is it publish d.data.s?
     const m = d && d.data;
-    return d && d.channel === channel && m && Number.isInteger(m.s) && m.s >= 0 && m.s < seq &&
+    const ok = d && d.channel === channel && m && Number.isInteger(m.s) && m.s >= 0 && m.s < seq &&
       m.t === sentAt[m.s] && m.p === payload;
+    if (ok && Number.isInteger(d.offset) && typeof d.epoch === 'string') withPosition += 1;
+    return ok;
   }
   subs.forEach((c, k) => {
     c.onPublish = (d) => {
@@ -288,6 +291,7 @@ async function fanout() {
     msgs_per_s: delivered / ((t1 - t0) / 1000),
     publishes_per_s: measuredMsgs / ((t1 - t0) / 1000),
     fast_path_share: fastHits / Math.max(1, published * subs.length),
+    history: withPosition > 0,  // the channel keeps history (its publishes carry offsets)
     latency: hist.summary(),
     _close: () => { subs.forEach((c) => c.close()); pub.close(); },
   };
