@@ -6,6 +6,7 @@ HTTP requests; TLS on both transports.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -321,6 +322,36 @@ async def test_static_files_refuse_post_with_405(tmp_path: Any) -> None:
         assert (await http(port, "/"))[::2] == (200, b"<p>hi</p>")
         status, headers, _ = await http(port, "/", method="POST", body=b"x")
         assert (status, headers["allow"]) == (405, "GET, HEAD")
+
+
+async def test_head_answers_carry_the_get_headers_and_no_body(tmp_path: Any) -> None:
+    (tmp_path / "index.html").write_text("<p>hi</p>")
+    server = app(metrics=True, metrics_port=0)
+    server.http_handler = static_files(tmp_path)
+    async with serving(server) as port:
+        (ops,) = server.metrics_listeners
+        ops_port = int(ops.socket.getsockname()[1])
+        for at, path in [(port, "/"), (port, "/healthz"), (port, "/metrics"), (ops_port, "/readyz")]:
+            g_status, g_headers, g_body = await http(at, path)
+            status, headers, body = await http(at, path, method="HEAD")
+            assert (status, body) == (g_status, b""), path
+            assert headers["content-type"] == g_headers["content-type"], path
+            if path != "/metrics":  # the metrics text changes between two scrapes
+                assert headers["content-length"] == g_headers["content-length"], path
+            assert int(headers["content-length"]) > 0 and g_body, path
+        assert (await http(port, "/missing.html", method="HEAD"))[::2] == (404, b"")
+
+
+@pytest.mark.parametrize("path", ["/a%00b", "/" + "x" * 5000, "/%2e%2e/%2e%2e/etc/passwd", "/%ff"])
+async def test_static_files_answer_odd_paths_404_without_a_traceback(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    (tmp_path / "index.html").write_text("<p>hi</p>")
+    server = app()
+    server.http_handler = static_files(tmp_path)
+    async with serving(server) as port:
+        assert (await http(port, path))[0] == 404
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING]
 
 
 # ----------------------------------------------------------------------------- TLS

@@ -666,7 +666,7 @@ class RedisBroker:
         if handler is not None:
             try:
                 handler(op, args)
-            except Exception:
+            except Exception:  # a signed command from a worker: a server-side fault
                 log.exception("cluster command %r failed", op)
 
     def _on_pubsub_message(self, message: Mapping[str, Any]) -> None:

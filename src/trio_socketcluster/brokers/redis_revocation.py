@@ -302,7 +302,7 @@ class RedisRevocationStore:
         if changed:
             try:
                 notify(self._listeners, merged)
-            except Exception:
+            except Exception:  # a listener of the server or the application: its fault
                 log.exception("a revocation listener failed")
 
     async def _write(self, script: bytes, key: bytes, args: list[bytes]) -> None:

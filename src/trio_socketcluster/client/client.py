@@ -498,7 +498,7 @@ class _Connection:
         except SocketClusterError as exc:
             self.respond(cid, error=exc.to_wire())
             return
-        except Exception:
+        except Exception:  # the client application's handler: its fault
             log.exception("client handler for %r raised", event)
             self.respond(cid, error=UnknownError("The handler failed").to_wire())
             return

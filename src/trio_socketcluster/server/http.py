@@ -4,8 +4,9 @@
 server's path (``HandshakeRequest``: method, path, query, headers and a body of at most
 ``MAX_BODY_BYTES``, 64 KiB; a larger one is answered 413 before the handler runs) and returns
 the response as a ``Rejection`` (status, text body, headers). ``static_files(directory)``
-builds one for a demo page: GET and HEAD only (else 405), files under ``directory`` only
-(no ``..`` escapes, no symlinks out), text types only, 404 otherwise.
+builds one for a demo page: GET and HEAD only (else 405; the answer to a HEAD has the
+headers of the GET, ``Content-Length`` included, and no body), files under ``directory``
+only (no ``..`` escapes, no symlinks out), text types only, 404 otherwise.
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ def static_files(directory: str | Path, *, index: str = "index.html") -> HttpHan
                 status=405, body="Method Not Allowed", headers=(("Allow", "GET, HEAD"),)
             )
         rel = unquote(request.path).lstrip("/") or index
-        target = (root / rel).resolve()
-        if target.is_dir():
-            target = target / index
+        try:  # a NUL byte (ValueError) or a name too long (OSError) is not a file either
+            target = (root / rel).resolve()
+            if target.is_dir():
+                target = target / index
+        except (OSError, ValueError):
+            return Rejection(status=404, body="Not Found")
         if root not in target.parents and target != root:
             return Rejection(status=404, body="Not Found")
         ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"

@@ -141,6 +141,14 @@ _DRAINING = Rejection(
 )
 
 
+def _cause_name(cause: Hashable) -> str:
+    """A warning cause as a log field: an enum member's value, a tuple's parts joined."""
+    if isinstance(cause, tuple):
+        return ":".join(_cause_name(part) for part in cause)
+    value = getattr(cause, "value", cause)
+    return str(value)
+
+
 def _peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
     """The TCP peer of ``stream`` (through TLS: of its transport stream), or ``None``."""
     inner: Any = stream
@@ -483,7 +491,7 @@ class Server:
     async def _run_logged(fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         try:
             await fn(*args)
-        except Exception:
+        except Exception:  # the application's task (Server.start_soon): its fault
             log.exception("background task %r failed", getattr(fn, "__name__", fn))
 
     # ------------------------------------------------------------------ time
@@ -581,21 +589,27 @@ class Server:
 
     def warn_client(self, cause: Hashable, message: str, *args: Any) -> None:
         """Log a warning a client caused: at most one per ``cause`` (a ``Fault``, or another
-        value from a fixed set, never client input) a minute, no traceback."""
+        value from a fixed set, never client input) a minute, no traceback.
+
+        The record carries ``client_warning`` (the cause's name) and ``suppressed`` (how many
+        like it were not logged since the previous one) as ``extra=`` fields: the JSON log
+        format shows them, and tests tell client-caused warnings from others by them."""
         suppressed = self._client_warnings.allow(cause, trio.current_time())
         if suppressed is None:
             return
         if suppressed:
             message += " (%d more like it in the last minute not logged)"
             args = (*args, suppressed)
-        log.warning(message, *args)
+        log.warning(
+            message, *args, extra={"client_warning": _cause_name(cause), "suppressed": suppressed}
+        )
 
     def emit_listener_event(self, event: str, *args: Any) -> None:
         """Call the listeners of ``event`` in order; one that raises is logged and skipped."""
         for fn in self._listeners[event]:
             try:
                 fn(*args)
-            except Exception:
+            except Exception:  # the application's listener: its fault
                 log.exception("%s listener raised", event)
 
     # ------------------------------------------------------------------ views and actions
@@ -698,6 +712,7 @@ class Server:
             with trio.move_on_after(self.config.handshake_timeout_s):
                 reader = HeadReader()
                 head = None
+                is_head = False
                 try:
                     while head is None:
                         data = await stream.receive_some(65536)
@@ -705,12 +720,13 @@ class Server:
                             return
                         head = reader.feed(data)
                     request = handshake_request(head, path="/", remote_address=None)
+                    is_head = request.method == "HEAD"
                     answer = self.ops_response(request, metrics=True) or Rejection(
                         status=404, body="Not Found: /metrics, /healthz or /readyz"
                     )
                 except Refused as refused:
                     answer = refused.rejection
-                await stream.send_all(http_response(answer))
+                await stream.send_all(http_response(answer, head=is_head))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
@@ -876,7 +892,7 @@ class Server:
             req = HandshakeWSRequest(request=request, now=self.now())
             outcome = await run_chain_async(chain, req)
             if isinstance(outcome, Blocked):
-                if outcome.exception is not None:
+                if outcome.exception is not None:  # the application's middleware
                     log.warning("handshakeWS middleware raised", exc_info=outcome.exception)
                 m = self.metrics
                 m.handshakes["rejected"] += 1
@@ -900,7 +916,7 @@ class Server:
         self._live.add(socket)
         try:
             await socket.run()
-        except Exception:
+        except Exception:  # a bug of ours: socket.run answers every client input itself
             log.exception("connection %s failed", socket.id, extra=fields)
         finally:
             self._live.discard(socket)
@@ -929,7 +945,7 @@ class Server:
                     upgrade_timeout_s=cfg.handshake_timeout_s,
                     remote_address=remote_address,
                 )
-            except Exception:
+            except Exception:  # a bug of ours: accept_websocket raises only Cancelled
                 log.exception("websocket upgrade failed")
                 await trio.aclose_forcefully(stream)
                 return
@@ -947,7 +963,7 @@ class Server:
             self._live.add(socket)
             try:
                 await socket.run()
-            except Exception:
+            except Exception:  # a bug of ours: socket.run answers every client input itself
                 log.exception("connection %s failed", socket.id, extra=fields)
             finally:
                 self._live.discard(socket)

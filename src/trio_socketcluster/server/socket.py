@@ -239,6 +239,7 @@ def _logged(outcome: Allowed | Blocked, metrics: Metrics) -> Allowed | Blocked:
     if isinstance(outcome, Blocked):
         metrics.count(metrics.middleware_blocks, outcome.hook.value)
         if outcome.exception is not None:
+            # The application's middleware raised: its fault, logged with the traceback.
             log.warning(
                 "%s middleware raised; the action was blocked", outcome.hook.value,
                 exc_info=outcome.exception,
@@ -639,7 +640,7 @@ class ServerSocket:
         if isinstance(outcome, Blocked):
             metrics = self.server.metrics
             metrics.count(metrics.middleware_blocks, outcome.hook.value)
-            if outcome.exception is not None:
+            if outcome.exception is not None:  # the application's middleware: its fault
                 log.warning("publishOut middleware failed", exc_info=outcome.exception)
             return
         if outcome.changed:
@@ -895,7 +896,7 @@ class ServerSocket:
                 await self.set_auth_token(fresh, expires_in_s=lifetime)
         except errors.SocketClusterError as exc:
             log.warning("token renewal for socket %s failed: %s", self.id, exc)
-        except Exception:
+        except Exception:  # the application's renewal hook: its fault
             log.warning("token renewal hook raised for socket %s", self.id, exc_info=True)
 
     # ------------------------------------------------------------------ dispatch
@@ -1109,7 +1110,7 @@ class ServerSocket:
             result = fn(self, data)
         except errors.SocketClusterError as exc:
             self._respond(cid, error=exc)
-        except Exception:
+        except Exception:  # the application's handler (whatever the data): its fault
             log.exception("handler for %r raised", name)
             self._respond(cid, error=errors.UnknownError("The handler failed"))
         else:
@@ -1142,7 +1143,7 @@ class ServerSocket:
                 result = await fn(self, data)
             except errors.SocketClusterError as exc:
                 self._respond(cid, error=exc)
-            except Exception:
+            except Exception:  # the application's handler (whatever the data): its fault
                 log.exception("handler for %r raised", event)
                 self._respond(cid, error=errors.UnknownError("The handler failed"))
             else:

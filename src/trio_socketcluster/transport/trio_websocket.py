@@ -109,7 +109,7 @@ async def accept_trio_websocket(
         if check is not None:
             try:
                 rejection = await check(req)
-            except Exception:
+            except Exception:  # the application's check (or a bug of ours)
                 _log.exception("upgrade check failed")
                 await request.reject(
                     500, extra_headers=[_TEXT_PLAIN], body=b"Server Error: see the server log"

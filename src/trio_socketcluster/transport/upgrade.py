@@ -44,11 +44,13 @@ __all__ = [
 
 
 class Refused(Exception):
-    """The request cannot be upgraded: answer with ``rejection`` and close."""
+    """The request cannot be upgraded: answer with ``rejection`` and close (``head``: the
+    request was a HEAD, so the answer carries no body)."""
 
-    def __init__(self, rejection: Rejection) -> None:
+    def __init__(self, rejection: Rejection, *, head: bool = False) -> None:
         super().__init__(rejection.status, rejection.body)
         self.rejection = rejection
+        self.head = head
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,9 +248,12 @@ def accept_response(request: HandshakeRequest) -> bytes:
     )
 
 
-def http_response(rejection: Rejection) -> bytes:
+def http_response(rejection: Rejection, *, head: bool = False) -> bytes:
     """``rejection`` as a whole HTTP/1.1 response that closes the connection (``text/plain``
-    unless its headers say otherwise; header lines with CR or LF are dropped)."""
+    unless its headers say otherwise; header lines with CR or LF are dropped).
+
+    ``head``: the answer to a HEAD request, the same status and headers (``Content-Length``
+    included) without the body (RFC 9110 §9.3.2)."""
     body = rejection.body.encode("utf-8")
     try:
         phrase = HTTPStatus(rejection.status).phrase
@@ -264,4 +269,6 @@ def http_response(rejection: Rejection) -> bytes:
         if k.lower() in ("content-length", "connection") or any(c in k + v for c in "\r\n"):
             continue
         lines.append(f"{k}: {v}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace") + (
+        b"" if head else body
+    )

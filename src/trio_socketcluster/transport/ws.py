@@ -444,7 +444,7 @@ async def _upgrade(
             break
     req = handshake_request(head, path=path, remote_address=remote_address)
     if not is_upgrade(req):
-        raise Refused(await http_handler(req))
+        raise Refused(await http_handler(req), head=req.method == "HEAD")
     rejection = refusal(head, req, path=path)
     if rejection is None and check is not None:
         rejection = await check(req)
@@ -494,10 +494,10 @@ async def accept_websocket(
                     remote_address=remote_address,
                 )
             except Refused as refused:
-                await stream.send_all(http_response(refused.rejection))
+                await stream.send_all(http_response(refused.rejection, head=refused.head))
             except _STREAM_ERRORS:
                 pass
-            except Exception:
+            except Exception:  # the application's http_handler or check (or a bug of ours)
                 _log.exception("upgrade check or HTTP handler failed")
                 await stream.send_all(
                     http_response(Rejection(status=500, body="Server Error: see the server log"))
