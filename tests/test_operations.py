@@ -331,7 +331,8 @@ async def test_head_answers_carry_the_get_headers_and_no_body(tmp_path: Any) -> 
     async with serving(server) as port:
         (ops,) = server.metrics_listeners
         ops_port = int(ops.socket.getsockname()[1])
-        for at, path in [(port, "/"), (port, "/healthz"), (port, "/metrics"), (ops_port, "/readyz")]:
+        paths = [(port, "/"), (port, "/healthz"), (port, "/metrics"), (ops_port, "/readyz")]
+        for at, path in paths:
             g_status, g_headers, g_body = await http(at, path)
             status, headers, body = await http(at, path, method="HEAD")
             assert (status, body) == (g_status, b""), path
