@@ -18,7 +18,7 @@ import pytest
 import trio
 from procs import TESTS, Process
 from redisserver import RedisServer
-from wsclient import Closed, RawClient, new_client
+from wsclient import Closed, RawClient, Rejected, new_client
 
 from trio_socketcluster import AuthEngine, Keyring
 from trio_socketcluster.config import AUTH_KEY_ENV
@@ -218,3 +218,104 @@ def test_the_launcher_refuses_a_port_in_use() -> None:
     assert proc.stderr.splitlines()[0] == (
         f"trio-socketcluster: error: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def _free_port_pair() -> int:
+    """A port P with P and P+1 free (for the metrics ports of two workers)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+            if port >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise AssertionError("no two consecutive free ports")
+
+
+@pytest.mark.usefixtures("close_clients")
+async def test_workers_take_tls_limits_metrics_ports_and_json_logs(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two workers with ``--certfile/--keyfile``, ``--max-connections 1`` (per worker),
+    ``--metrics-port P`` (worker i on P+i) and ``--log-format json``: wss:// works, a third
+    connection is refused with 503, each worker's metrics count its own connections, and the
+    log lines are JSON objects naming their worker."""
+    import json
+    import ssl
+
+    import trustme
+    from test_operations import http, scrape
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    metrics_port = _free_port_pair()
+    app = Process(
+        [sys.executable, "-m", "trio_socketcluster.cli", "serve", "redis_app:make_server",
+         "--workers", "2", "--broker", redis_server.url, "--port", "0",
+         "--certfile", str(tmp_path / "server.pem"), "--max-connections", "1",
+         "--metrics-port", str(metrics_port), "--log-format", "json", "--log-level", "debug"],
+        new_session=True,
+    )  # fmt: skip
+    try:
+        app.wait_ready(30)
+
+        async def wss() -> RawClient | int:
+            stream = await trio.open_ssl_over_tcp_stream(
+                "127.0.0.1", app.port, ssl_context=client_context, https_compatible=True
+            )
+            client = new_client(stream)
+            _OPEN.append(client)
+            try:
+                await client.connect("/socketcluster/")
+            except Rejected as rejected:
+                assert b"too many connections" in rejected.body
+                return rejected.status
+            assert (await client.handshake())["data"]["isAuthenticated"] is False
+            return client
+
+        with trio.fail_after(30):
+            outcomes = [await wss() for _ in range(3)]
+            admitted = [c for c in outcomes if isinstance(c, RawClient)]
+            assert 1 <= len(admitted) <= 2 and 503 in outcomes  # one connection per worker
+            pids = {await _pid(c) for c in admitted}
+            assert len(pids) == len(admitted)  # never two on one worker
+            counts = []
+            for port in (metrics_port, metrics_port + 1):
+                samples = await scrape(port)
+                counts.append(samples[("trio_socketcluster_connections", ())])
+                assert (await http(port, "/healthz"))[0] == 200
+            assert sorted(counts) == sorted([1.0] * len(admitted) + [0.0] * (2 - len(admitted)))
+            refusing: dict[str, Any] | None = None
+            opened: dict[str, Any] | None = None
+            while refusing is None or opened is None:  # every stderr line is a JSON object
+                record = json.loads(await _stderr_line(app, ""))
+                if record["msg"].startswith("refusing connections"):
+                    refusing = record
+                elif record["msg"] == "connection open":
+                    opened = record
+            assert refusing["level"] == "warning" and refusing["worker"] in (0, 1)
+            assert refusing["client_warning"] == "refused:connections"
+            assert opened["worker"] in (0, 1) and opened["socket_id"]
+    finally:
+        assert app.stop(20) == 0
+
+
+def test_workers_refuse_metrics_port_zero() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "trio_socketcluster.cli", "serve", "redis_app:make_server",
+         "--workers", "2", "--broker", "redis://127.0.0.1:1/0", "--port", "0",
+         "--metrics-port", "0"],
+        cwd=TESTS, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--metrics-port 0 cannot be used with --workers: give a port P" in proc.stderr

@@ -214,13 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         context = ssl_context(args.certfile, args.keyfile)
         operations = _operations(args)
         server = load_app(args.app)
-        if args.workers is not None:
-            if context is not None or operations or args.log_format != "text":
-                raise CliError(
-                    "--certfile, --metrics, --metrics-port, the limits and --log-format are not "
-                    "supported with --workers yet"
-                )
-            return _serve_workers(args, server, resolved[0] if resolved else None)
+        if args.workers is not None:  # the files and options were checked above, once
+            return _serve_workers(args, server, resolved[0] if resolved else None, operations)
         if operations:
             try:
                 server.configure_operations(**operations)
@@ -290,8 +285,16 @@ async def _serve(
             raise CliError(f"cannot listen on the metrics port: {reason}")
 
 
-def _serve_workers(args: argparse.Namespace, server: Server, key: str | None) -> int:
-    """``serve --workers N``: the launcher (the application was loaded once to check it)."""
+def _serve_workers(
+    args: argparse.Namespace, server: Server, key: str | None, operations: dict[str, object]
+) -> int:
+    """``serve --workers N``: the launcher (the application was loaded once to check it, and
+    the operational options against its config)."""
+    if operations:
+        try:
+            server.configure_operations(**operations)
+        except InvalidOptionsError as exc:
+            raise CliError(str(exc)) from None
     options = WorkerOptions(
         app=args.app,
         host=args.host,
@@ -301,6 +304,10 @@ def _serve_workers(args: argparse.Namespace, server: Server, key: str | None) ->
         app_has_shared_broker=hasattr(server.broker, "send_command"),
         auth_key=key,
         log_level=args.log_level,
+        log_format=args.log_format,
+        operations=operations,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
     )
     try:
         return run_workers(options)

@@ -15,6 +15,13 @@
   workers) and serves it with ``Server.serve_listeners``. A worker reports readiness on a
   pipe, and watches a second pipe from the supervisor: if the supervisor dies, its workers
   shut down;
+* the operational options apply to every worker (``WorkerOptions.operations``, ``ServerConfig``
+  fields): the limits are per worker (``max_connections`` and the handshake rates count that
+  worker's connections only); ``metrics=True`` serves ``/metrics`` on the shared port, answered
+  by whichever worker the kernel picks; ``metrics_port=P`` gives worker ``i`` the port
+  ``P + i`` (one scrape target per worker; ``0`` is refused: nobody would know the ports);
+  ``certfile``/``keyfile`` make every worker serve ``wss://`` (each loads the files);
+  ``log_format="json"`` writes JSON lines with a ``worker`` field;
 * a worker that exits unexpectedly is started again, after a delay that doubles while it keeps
   failing quickly (up to ``restart_max_s``);
 * SIGTERM or SIGINT drains: every worker gets SIGTERM and closes its sockets with 1001
@@ -33,8 +40,9 @@ import os
 import secrets
 import signal
 import socket as stdlib_socket
+import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -43,6 +51,7 @@ import trio
 from .config import AUTH_KEY_ENV
 from .errors import InvalidOptionsError
 from .loading import AppLoadError, load_app
+from .logs import configure
 from .server import Server
 
 __all__ = ["WorkerError", "WorkerOptions", "open_reuseport_listeners", "run_workers"]
@@ -66,6 +75,12 @@ class WorkerOptions:
     app_has_shared_broker: bool = False  #: ... unless the application set one up itself
     auth_key: str | None = field(default=None, repr=False)  #: None: one generated for all
     log_level: str = "info"
+    log_format: str = "text"  #: ``text`` or ``json``
+    #: ``ServerConfig`` fields for every worker (``Server.configure_operations``): the limits,
+    #: ``metrics``, ``metrics_port`` (worker ``i`` gets ``metrics_port + i``), ``metrics_host``
+    operations: Mapping[str, Any] = field(default_factory=dict)
+    certfile: str | None = None  #: serve ``wss://``: every worker loads these PEM files
+    keyfile: str | None = None
     backlog: int = 1024
     drain_timeout_s: float = 15.0
     restart_min_s: float = 0.5
@@ -121,6 +136,15 @@ def run_workers(options: WorkerOptions) -> int:
         )
     if not hasattr(stdlib_socket, "SO_REUSEPORT"):
         raise WorkerError("SO_REUSEPORT is not available on this platform")
+    metrics_port = options.operations.get("metrics_port")
+    if metrics_port is not None:
+        if metrics_port == 0:
+            raise WorkerError(
+                "--metrics-port 0 cannot be used with --workers: give a port P, and worker i "
+                "serves its metrics on P+i"
+            )
+        if int(metrics_port) + options.workers - 1 > 65535:
+            raise WorkerError(f"--metrics-port {metrics_port} + {options.workers} workers > 65535")
     reservation = _reuseport_socket(options.host)
     try:
         reservation.bind((options.host, options.port))
@@ -185,6 +209,10 @@ class _Supervisor:
             "lifeline_fd": life_r,
             "key_fd": key_r,
             "log_level": self.options.log_level,
+            "log_format": self.options.log_format,
+            "operations": dict(self.options.operations),
+            "certfile": self.options.certfile,
+            "keyfile": self.options.keyfile,
         }
         env = dict(self.env, **{WORKER_ENV: json.dumps(config)})
         try:
@@ -240,11 +268,21 @@ async def _supervise(options: WorkerOptions, port: int) -> int:
             async def announce() -> None:
                 for ready in readies:
                     await ready.wait()
+                scheme = "wss" if options.certfile else "ws"
                 print(
                     f"trio-socketcluster: {options.workers} workers serving {options.app} on "
-                    f"ws://{options.host}:{port} (READY {port})",
+                    f"{scheme}://{options.host}:{port} (READY {port})",
                     flush=True,
                 )
+                metrics_port = options.operations.get("metrics_port")
+                if metrics_port is not None:
+                    host = options.operations.get("metrics_host", "127.0.0.1")
+                    last = int(metrics_port) + options.workers - 1
+                    print(
+                        f"trio-socketcluster: metrics on http://{host}:{metrics_port}/metrics "
+                        f"to :{last} (one port per worker)",
+                        flush=True,
+                    )
 
             nursery.start_soon(announce)
             async for signum in signals:
@@ -258,10 +296,15 @@ async def _supervise(options: WorkerOptions, port: int) -> int:
 # ---------------------------------------------------------------------------------- worker
 
 
-async def _worker(config: dict[str, Any], server: Server) -> None:
-    listeners = await open_reuseport_listeners(
+async def _worker(
+    config: dict[str, Any], server: Server, context: ssl.SSLContext | None = None
+) -> None:
+    tcp = await open_reuseport_listeners(
         str(config["host"]), int(config["port"]), backlog=int(config.get("backlog", 1024))
     )
+    listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp)
+    if context is not None:
+        listeners = [trio.SSLListener(ln, context, https_compatible=True) for ln in tcp]
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve_listeners, listeners)
@@ -291,21 +334,48 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     config = json.loads(raw)
     with os.fdopen(int(config["key_fd"]), "rb") as key_pipe:
         key = key_pipe.read().decode("utf-8")
-    logging.basicConfig(
-        level=str(config.get("log_level", "info")).upper(),
-        format=f"%(asctime)s %(levelname)s worker{config['index']}[%(process)d] %(name)s: "
-        "%(message)s",
-    )
+    index = int(config["index"])
+    level = str(config.get("log_level", "info"))
+    if config.get("log_format") == "json":
+        configure(level, "json")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_WorkerField(index))
+    else:
+        logging.basicConfig(
+            level=level.upper(),
+            format=f"%(asctime)s %(levelname)s worker{index}[%(process)d] %(name)s: %(message)s",
+        )
+    operations = dict(config.get("operations") or {})
+    if operations.get("metrics_port") is not None:
+        operations["metrics_port"] = int(operations["metrics_port"]) + index
+    context = None
     try:
         server = load_app(str(config["app"]))
         server.install_auth_key(key)
         if config.get("broker"):
             server.set_broker(str(config["broker"]))
-    except (AppLoadError, InvalidOptionsError) as exc:
-        print(f"trio-socketcluster: error: worker {config['index']}: {exc}", file=sys.stderr)
+        if operations:
+            server.configure_operations(**operations)
+        if config.get("certfile"):
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(config["certfile"]), config.get("keyfile"))
+    except (AppLoadError, InvalidOptionsError, OSError, ssl.SSLError) as exc:
+        print(f"trio-socketcluster: error: worker {index}: {exc}", file=sys.stderr)
         return 2
-    trio.run(_worker, config, server)
+    trio.run(_worker, config, server, context)
     return 0
+
+
+class _WorkerField(logging.Filter):
+    """Adds ``worker`` (the worker's index) to every record: a field of the JSON lines."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
 
 
 if __name__ == "__main__":
