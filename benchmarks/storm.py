@@ -14,7 +14,8 @@ back-off shape, ``min(maxDelay, (initialDelay + randomness·random()) · multipl
 1.5, 5 s. Reported: the time from the restart (the new server listening) until every client is
 authenticated again, p50/p99 of that per client, p50/p99 of the successful attempt's handshake
 (TCP connect to the ``#handshake`` reply, JWT verification included), attempts and refusals, and
-clients not authenticated within ``--deadline`` (failed for good; must be 0).
+clients not authenticated within ``--deadline`` (failed for good; must be 0), and how many
+connection attempts the kernel dropped because the listen queue was full (``ListenOverflows``).
 
 Targets: ``py`` (``trio-socketcluster serve trio_socketcluster.demo:app``, no limit),
 ``py-limited`` (the same with ``--handshake-rate``/``--handshake-burst``), ``node14``
@@ -154,6 +155,14 @@ def server_side(port: int) -> dict[str, Any]:
     }
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (SYNs then
+    wait for TCP's retransmission: 1, 3, 7, 15, 31 s...); for the whole network namespace."""
+    with open("/proc/net/netstat") as f:
+        lines = [line.split() for line in f if line.startswith("TcpExt:")]
+    return int(dict(zip(lines[0], lines[1], strict=True))["ListenOverflows"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -184,12 +193,14 @@ def run(target: str, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
         t_down = time.monotonic()
         server = start_server(target, port, args, logdir / f"server-{target}.log")
         t_up = time.monotonic()
+        overflows = listen_overflows()
         assert clients.p.stdin is not None
         clients.p.stdin.write("GO\n")
         clients.p.stdin.flush()
         line = clients.wait_for("RESULT ", args.deadline + 60)
         result: dict[str, Any] = json.loads(line[len("RESULT ") :])
         result["target"] = target
+        result["listen_overflows"] = listen_overflows() - overflows
         result["stop_s"] = round(t_down - t_stop, 3)
         result["stop_exit"] = code
         result["start_s"] = round(t_up - t_down, 3)

@@ -244,9 +244,10 @@ async def test_workers_take_tls_limits_metrics_ports_and_json_logs(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """Two workers with ``--certfile/--keyfile``, ``--max-connections 1`` (per worker),
-    ``--metrics-port P`` (worker i on P+i) and ``--log-format json``: wss:// works, a third
-    connection is refused with 503, each worker's metrics count its own connections, and the
-    log lines are JSON objects naming their worker."""
+    ``--metrics``, ``--metrics-port P`` (worker i on P+i) and ``--log-format json``: wss://
+    works, a third connection is refused with 503, each worker's metrics count its own
+    connections, the shared port answers /metrics over TLS, and the log lines are JSON objects
+    naming their worker."""
     import json
     import ssl
 
@@ -254,7 +255,7 @@ async def test_workers_take_tls_limits_metrics_ports_and_json_logs(
     from test_operations import http, scrape
 
     ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
+    cert = ca.issue_cert("127.0.0.1", "localhost")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
@@ -263,7 +264,8 @@ async def test_workers_take_tls_limits_metrics_ports_and_json_logs(
         [sys.executable, "-m", "trio_socketcluster.cli", "serve", "redis_app:make_server",
          "--workers", "2", "--broker", redis_server.url, "--port", "0",
          "--certfile", str(tmp_path / "server.pem"), "--max-connections", "1",
-         "--metrics-port", str(metrics_port), "--log-format", "json", "--log-level", "debug"],
+         "--metrics", "--metrics-port", str(metrics_port), "--log-format", "json",
+         "--log-level", "debug"],
         new_session=True,
     )  # fmt: skip
     try:
@@ -295,6 +297,9 @@ async def test_workers_take_tls_limits_metrics_ports_and_json_logs(
                 counts.append(samples[("trio_socketcluster_connections", ())])
                 assert (await http(port, "/healthz"))[0] == 200
             assert sorted(counts) == sorted([1.0] * len(admitted) + [0.0] * (2 - len(admitted)))
+            # --metrics: one worker's numbers on the shared (TLS) port too
+            status, _, body = await http(app.port, "/metrics", ssl_context=client_context)
+            assert status == 200 and b"trio_socketcluster_connections " in body
             refusing: dict[str, Any] | None = None
             opened: dict[str, Any] | None = None
             while refusing is None or opened is None:  # every stderr line is a JSON object
