@@ -61,8 +61,10 @@ def autobahn(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def chaos(session: nox.Session) -> None:
-    """The drain chaos tests (SIGTERM under a publish stream), 20 runs each."""
+    """The chaos tests: SIGTERM under a publish stream (20 runs), Redis kill -9, a worker
+    kill -9 and TCP resets under a stream with channel history."""
     session.run(
         ".venv/bin/python", "-m", "pytest", "-q", "tests/test_drain.py",
+        "tests/test_history_chaos.py", "tests/test_history_redis.py",
         env={"DRAIN_CHAOS_RUNS": "20"}, external=True,
     )  # fmt: skip
