@@ -13,9 +13,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
+from typing import TYPE_CHECKING
+
 from conformance_app import build_server  # type: ignore[import-not-found]
 
-from trio_socketcluster import Server
+if TYPE_CHECKING:
+    from trio_socketcluster import Server
 
 
 def make_server() -> Server:

@@ -117,7 +117,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         try:
-            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout is not None
+            assert proc.stdin is not None
             buf = b""
             while b"\nOPEN " not in b"\n" + buf:
                 chunk = await proc.stdout.receive_some(65536)

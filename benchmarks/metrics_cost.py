@@ -10,10 +10,12 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trio_socketcluster.brokers.local import LocalBroker
-from trio_socketcluster.transport.base import OutboundMessage
+
+if TYPE_CHECKING:
+    from trio_socketcluster.transport.base import OutboundMessage
 
 
 class Sink:

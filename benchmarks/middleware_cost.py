@@ -16,7 +16,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 import trio.testing
@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from wsclient import RawClient, new_client  # type: ignore[import-not-found]
 
 from trio_socketcluster import Hook, Server, ServerSocket
-from trio_socketcluster.middleware import EmitRequest, PublishInRequest
+
+if TYPE_CHECKING:
+    from trio_socketcluster.middleware import EmitRequest, PublishInRequest
 
 BATCH = 1000
 ROUNDS = 15

@@ -20,14 +20,16 @@ import json
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from trio_socketcluster.brokers.local import LocalBroker
 from trio_socketcluster.brokers.redis import RedisBroker
 from trio_socketcluster.errors import BrokerError
-from trio_socketcluster.transport.base import OutboundMessage
+
+if TYPE_CHECKING:
+    from trio_socketcluster.transport.base import OutboundMessage
 
 KEY = "bench-cluster-key"
 PAYLOAD = {"s": 12345, "t": 98765.4321, "p": "x" * 32}
@@ -100,7 +102,8 @@ def cluster(url: str, messages: int, subscribers: int) -> dict[str, Any]:
     subs = [subprocess.Popen([*me, "--role", "sub"], stdout=subprocess.PIPE, text=True)
             for _ in range(2)]  # fmt: skip
     for proc in subs:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "READY"
     pub = subprocess.run([*me, "--role", "pub"], capture_output=True, text=True, check=True)
     pub_out = json.loads(pub.stdout)
     outs = [json.loads(p.communicate(timeout=300)[0]) for p in subs]

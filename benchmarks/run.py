@@ -40,9 +40,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -263,7 +265,9 @@ def rss_bytes(pid: int) -> int:
 class Proc:
     """A child process whose stdout lines arrive on a queue."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path, stdin: bool = False):
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log: Path, stdin: bool = False
+    ) -> None:
         self.log = log
         self._err = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.p = subprocess.Popen(

@@ -53,7 +53,9 @@ RETRY = {
 class Proc:
     """A child process whose stdout lines arrive on a queue; stderr goes to a log file."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path, stdin: bool = False):
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log: Path, stdin: bool = False
+    ) -> None:
         self._err = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.p = subprocess.Popen(
             argv,

@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -30,12 +29,16 @@ from trio_socketcluster import (
     ServerSocket,
     SocketClusterError,
 )
-from trio_socketcluster.middleware import (
-    HandshakeWSRequest,
-    PublishInRequest,
-    PublishOutRequest,
-    SubscribeRequest,
-)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from trio_socketcluster.middleware import (
+        HandshakeWSRequest,
+        PublishInRequest,
+        PublishOutRequest,
+        SubscribeRequest,
+    )
 
 USERS: dict[str, tuple[str, list[str]]] = {
     "alice": ("alice-pass", ["news", "alice-room"]),

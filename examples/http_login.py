@@ -29,16 +29,19 @@ import logging
 import os
 import secrets
 import signal
-from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 from trio_socketcluster import AuthEngine, Hook, Keyring, Reply, Server, ServerSocket
 from trio_socketcluster.middleware import token_channels
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 log = logging.getLogger("http_login")
 

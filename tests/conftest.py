@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -13,6 +12,9 @@ from redisserver import RedisServer
 from wsclient import ClientFactory, RawClient, new_client
 
 from trio_socketcluster import Server, ServerSocket
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 AUTH_KEY = "test-auth-key"
 

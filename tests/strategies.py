@@ -10,10 +10,12 @@ Everything produced survives ``json.loads(json.dumps(v)) == v``.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hypothesis import strategies as st
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 __all__ = [
     "MAX_SAFE_INTEGER",

@@ -16,8 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -27,6 +26,10 @@ from wsclient import new_client
 from trio_socketcluster import AuthEngine, Keyring
 from trio_socketcluster.cli import main
 from trio_socketcluster.config import AUTH_KEY_ENV, KEY_RECIPE
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 PREFIX = "trio-socketcluster: error: "
 
@@ -278,7 +281,8 @@ def serving_port(proc: subprocess.Popen[str], lines: Lines) -> int:
         stop(proc)
         pytest.fail(f"no serving line (exit {proc.returncode}):\n{proc.stderr.read()}")
     prefix = "trio-socketcluster: serving trio_socketcluster.demo:app on ws://127.0.0.1:"
-    assert line.startswith(prefix) and line.endswith("/socketcluster/\n"), line
+    assert line.startswith(prefix), line
+    assert line.endswith("/socketcluster/\n"), line
     return int(line[len(prefix) :].split("/")[0])
 
 
@@ -306,7 +310,8 @@ def test_serves_on_the_bound_port_with_the_given_key(tmp_path: Path, source: str
     err = proc.stderr.read()
     proc.stderr.close()
     assert code == 0, err
-    assert "Traceback" not in err and "random key" not in err
+    assert "Traceback" not in err
+    assert "random key" not in err
 
 
 def test_port_in_use_is_one_line(tmp_path: Path) -> None:

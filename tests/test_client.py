@@ -78,7 +78,7 @@ class Peer:
             try:
                 await self.ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
-                assert exc.reason is not None
+                assert exc.reason is not None  # noqa: PT017 (a helper returning the close)
                 return exc.reason.code, exc.reason.reason
 
 
@@ -159,7 +159,7 @@ def test_reconnect_rule() -> None:
     assert reconnect_delay_s(1006, 0, policy, 0.5) == 15
     assert reconnect_delay_s(4008, 2, policy, 0.0) == 22.5
     assert reconnect_delay_s(1011, 10, policy, 0.0) == 60  # capped
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="multiplier must be >= 1"):
         ReconnectPolicy(multiplier=0.5)
 
 
@@ -371,7 +371,8 @@ async def test_ping_timeout_closes_4000_and_reconnects_at_once(
             await scripted.peer(1)
             assert trio.current_time() - start == pytest.approx(1.9)
             assert client.last_close is not None
-            assert client.last_close.code == 4000 and client.last_close.by_client
+            assert client.last_close.code == 4000
+            assert client.last_close.by_client
 
 
 @pytest.mark.parametrize("where", ["statusCode", "data.code"])
@@ -545,7 +546,8 @@ async def test_invoke_errors_timeout_and_lost_connection(
                 with pytest.raises(BadConnectionError):
                     await client.invoke("d")
             await client.wait_for(lambda c: c.state is ClientState.CLOSED)  # 1000: no reconnect
-            assert client.last_close is not None and client.last_close.code == 1000
+            assert client.last_close is not None
+            assert client.last_close.code == 1000
 
 
 async def test_exceptions_from_the_block_are_not_wrapped(
@@ -590,13 +592,15 @@ async def test_set_and_remove_auth_token_with_cid(autojump_clock: trio.testing.M
             peer = await scripted.peer(0)
             await peer.send({"event": "#setAuthToken", "data": {"token": TOKEN}, "cid": 1})
             assert await peer.recv() == {"rid": 1}
-            assert client.authenticated and store.token == TOKEN
+            assert client.authenticated
+            assert store.token == TOKEN
             assert client.auth_token == {"username": "alice"}
             await peer.send({"event": "#setAuthToken", "data": {}, "cid": 2})
             assert (await peer.recv())["error"]["name"] == "InvalidMessageError"
             await peer.send({"event": "#removeAuthToken", "cid": 3})
             assert await peer.recv() == {"rid": 3}
-            assert not client.authenticated and store.token is None
+            assert not client.authenticated
+            assert store.token is None
 
 
 async def test_wait_for_auth_failure_keeps_the_channel_pending(
@@ -621,11 +625,13 @@ async def test_wait_for_auth_failure_keeps_the_channel_pending(
             await client.transmit("sync")
             assert (await peer.recv())["event"] == "sync"
             assert private.state is ChannelState.PENDING
-            assert private.error is not None and private.error.name == "AuthTokenExpiredError"
+            assert private.error is not None
+            assert private.error.name == "AuthTokenExpiredError"
 
             await peer.send({"event": "#setAuthToken", "data": {"token": TOKEN}})
             again = await peer.recv()
-            assert again["event"] == "#subscribe" and again["data"]["channel"] == "private"
+            assert again["event"] == "#subscribe"
+            assert again["data"]["channel"] == "private"
             await peer.send({"rid": again["cid"]})
             await private.wait_subscribed()
 
@@ -668,24 +674,30 @@ async def test_auth_lifecycle_against_the_server(autojump_clock: trio.testing.Mo
         async with open_test_client(server, token_store=store) as client:
             await client.invoke("login", "alice")
             token = client.signed_auth_token
-            assert token is not None and store.token == token
+            assert token is not None
+            assert store.token == token
             await client.deauthenticate()
-            assert store.token is None and not client.authenticated
+            assert store.token is None
+            assert not client.authenticated
             assert await client.invoke("whoami") is None  # the server forgot it too
 
             status = await client.authenticate(token)
-            assert status.authenticated and client.authenticated and store.token == token
+            assert status.authenticated
+            assert client.authenticated
+            assert store.token == token
             assert (await client.invoke("whoami"))["username"] == "alice"
 
             with pytest.raises(SocketClusterError) as bad:
                 await client.authenticate(token[:-2] + "xx")
             assert bad.value.name == "AuthTokenInvalidError"
-            assert not client.authenticated and store.token is None  # #removeAuthToken
+            assert not client.authenticated
+            assert store.token is None
 
         async with open_test_client(server, auth_token=token) as again:
             assert again.authenticated  # the handshake carried the token
             assert again.auth_error is None
-            assert again.auth_token is not None and again.auth_token["username"] == "alice"
+            assert again.auth_token is not None
+            assert again.auth_token["username"] == "alice"
 
 
 async def test_server_invoke_round_trip(autojump_clock: trio.testing.MockClock) -> None:
@@ -806,7 +818,8 @@ async def test_authenticated_when_invoke_login_returns_on_our_server(
         async with open_test_client(build_app()) as client:
             await client.invoke("login", "alice")
             assert client.authenticated
-            assert client.auth_token is not None and client.auth_token["username"] == "alice"
+            assert client.auth_token is not None
+            assert client.auth_token["username"] == "alice"
 
 
 # --------------------------------------------------------------------------------------------
@@ -850,7 +863,7 @@ async def test_a_failing_token_store_is_one_exception() -> None:
     exception itself, whether the block was waiting or not."""
     with trio.fail_after(10):
         async with tcp_server(build_app()) as url:
-            with pytest.raises(PermissionError, match="save failed") as saved:
+            with pytest.raises(PermissionError, match="save failed") as saved:  # noqa: PT012 (the whole block is the case)
                 async with connect(url, token_store=FailingStore("save")) as client:
                     await client.invoke("login", "alice")  # #setAuthToken: save raises
                     pytest.fail("the block went on")
@@ -881,7 +894,7 @@ async def test_handlers_raising_never_make_a_group() -> None:
     the client and comes out of ``connect`` alone."""
     with trio.fail_after(10):
         async with tcp_server(build_app()) as url:
-            with pytest.raises(SystemExit) as exited:
+            with pytest.raises(SystemExit) as exited:  # noqa: PT012 (the whole block is the case)
                 async with connect(url) as client:
 
                     @client.handler("question")
@@ -896,7 +909,8 @@ async def test_handlers_raising_never_make_a_group() -> None:
                     assert client.state is ClientState.OPEN
                     await client.invoke("ask", "exit")
                     pytest.fail("the block went on")
-            assert type(exited.value) is SystemExit and exited.value.code == 3
+            assert type(exited.value) is SystemExit
+            assert exited.value.code == 3
 
 
 async def test_block_exceptions_come_out_unchanged_even_groups() -> None:

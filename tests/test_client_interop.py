@@ -14,18 +14,21 @@ from __future__ import annotations
 import importlib.util
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import trio
 from procs import INTEROP, REPO, Process, npm_ci
 
-from trio_socketcluster import Server
 from trio_socketcluster.client import ChannelState, Client, ClientState, MemoryTokenStore, connect
 from trio_socketcluster.errors import SocketClusterError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+
+    from trio_socketcluster import Server
 
 NODE_APPS = {
     "node14": (REPO / "benchmarks" / "node" / "conformance14.js", 1),
@@ -41,10 +44,11 @@ def _load_build_server() -> Callable[[str | None], Server]:
     spec = importlib.util.spec_from_file_location(
         "conformance_app", REPO / "examples" / "conformance_app.py"
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return cast(Callable[[str | None], Server], module.build_server)
+    return cast("Callable[[str | None], Server]", module.build_server)
 
 
 build_server = _load_build_server()
@@ -125,7 +129,8 @@ async def test_connect_echo_and_errors(target: Target) -> None:
     with trio.fail_after(GUARD_S):
         async with target.client() as client:
             assert client.state is ClientState.OPEN
-            assert isinstance(client.id, str) and client.id
+            assert isinstance(client.id, str)
+            assert client.id
             assert not client.authenticated
             value = {"a": [1, "x", None], "b": {"c": 1.5}}
             assert await client.invoke("echo", value) == value
@@ -153,7 +158,8 @@ async def test_auto_protocol_prefers_2_and_falls_back_to_1(target: Target) -> No
                 assert target.server.sockets[client.id or ""].protocol == 2
             # Past a few ping intervals the connection is still the first one: pongs arrive.
             await trio.sleep(3 * PING_INTERVAL_MS / 1000)
-            assert client.state is ClientState.OPEN and client.connection_count == 1
+            assert client.state is ClientState.OPEN
+            assert client.connection_count == 1
             assert await client.invoke("echo", 1) == 1
 
 
@@ -168,7 +174,8 @@ async def test_authenticated_after_invoke_login(target: Target) -> None:
             assert client.authenticated is (target.name != "node19")
             with trio.fail_after(5):
                 await client.wait_for(lambda c: c.authenticated)
-            assert client.auth_token is not None and client.auth_token["username"] == "alice"
+            assert client.auth_token is not None
+            assert client.auth_token["username"] == "alice"
 
 
 async def test_login_whoami_and_reconnect_with_the_stored_token(target: Target) -> None:
@@ -190,7 +197,8 @@ async def test_login_whoami_and_reconnect_with_the_stored_token(target: Target) 
             assert (await client.invoke("whoami"))["username"] == "alice"
 
         async with target.client(token_store=store) as again:  # a new client, same store
-            assert again.authenticated and again.auth_error is None
+            assert again.authenticated
+            assert again.auth_error is None
             assert (await again.invoke("whoami"))["username"] == "alice"
 
 
@@ -225,7 +233,8 @@ async def test_kick_out(target: Target) -> None:
             await client.invoke("kick", {"channel": "news"})
             assert [m async for m in news] == []
             assert news.state is ChannelState.UNSUBSCRIBED
-            assert news.kicked_out is not None and news.kicked_out.message == "kicked"
+            assert news.kicked_out is not None
+            assert news.kicked_out.message == "kicked"
 
 
 async def test_logout(target: Target) -> None:

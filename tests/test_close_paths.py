@@ -17,9 +17,8 @@ moment of the drain.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -29,7 +28,10 @@ from trio_websocket import serve_websocket
 from wsclient import Closed, RawClient, new_client
 from wsproto.events import TextMessage
 
-from trio_socketcluster import Server, ServerSocket
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from trio_socketcluster import Server, ServerSocket
 
 FLOOD = 1000
 CHUNK = "x" * 4096

@@ -22,7 +22,8 @@ def test_reference_lists_every_public_name() -> None:
 def test_nav_pages_exist() -> None:
     config = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
     pages = re.findall(r"^\s*-\s*(?:[^:\n]+:\s*)?([\w/.-]+\.md)\s*$", config, re.MULTILINE)
-    assert "index.md" in pages and "reference.md" in pages
+    assert "index.md" in pages
+    assert "reference.md" in pages
     missing = [page for page in pages if not (DOCS / page).is_file()]
     assert missing == [], f"mkdocs.yml names pages that do not exist: {missing}"
 
@@ -70,7 +71,8 @@ def test_every_code_block_has_a_known_kind() -> None:
     counts = {kind: sum(b.kind is kind for b in blocks) for kind in Kind}
     for block in blocks:
         if block.kind is Kind.FRAGMENT:
-            assert block.title and block.title.startswith("Fragment"), block.id
+            assert block.title, block.id
+            assert block.title.startswith("Fragment"), block.id
         if block.kind is Kind.TEXT:
             assert block.language in ("", "text"), f"{block.id}: unknown language {block.language}"
     run = sum(counts[kind] for kind in RUN)

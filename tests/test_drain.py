@@ -12,14 +12,17 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 from procs import INTEROP, REPO, Process, npm_ci
 
 from trio_socketcluster.client import ClientState, connect
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 RUNS = int(os.environ.get("DRAIN_CHAOS_RUNS", "20"))
 SUBSCRIBERS = 100

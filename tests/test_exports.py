@@ -68,7 +68,8 @@ def test_public_classes_claim_the_package() -> None:
         obj = getattr(trio_socketcluster, name)
         module = getattr(obj, "__module__", None)
         if isinstance(obj, type):
-            assert module is not None and module.startswith("trio_socketcluster"), name
+            assert module is not None, name
+            assert module.startswith("trio_socketcluster"), name
 
 
 def _imported_roots(tree: ast.AST) -> set[str]:

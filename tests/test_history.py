@@ -12,9 +12,8 @@ from __future__ import annotations
 import ast
 import itertools
 from collections import deque
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given, settings
@@ -37,6 +36,9 @@ from trio_socketcluster.history import (
     parse_recover,
     publish_fields,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 POLICY = HistoryPolicy(size=1000, ttl_s=300.0)
 
@@ -243,7 +245,8 @@ def test_memory_history_per_channel_offsets_and_no_policy_no_history() -> None:
     )
     assert store.position("news", now=0.0) == (2, "e1")
     rec = store.recover("news", RecoverRequest(1, "e1"), now=1.0)
-    assert rec is not None and rec.publications == (a2,)
+    assert rec is not None
+    assert rec.publications == (a2,)
 
 
 def test_memory_history_position_of_an_untouched_channel_is_zero_with_an_epoch() -> None:
@@ -282,7 +285,8 @@ def test_memory_history_sweep_trims_by_age() -> None:
     rec = store.recover("news", RecoverRequest(0, "e1"), now=6.0)
     assert rec == Recovery(False, 2, "e1")
     rec = store.recover("news", RecoverRequest(1, "e1"), now=6.0)
-    assert rec is not None and [p.data for p in rec.publications] == ["b"]
+    assert rec is not None
+    assert [p.data for p in rec.publications] == ["b"]
 
 
 # ---------------------------------------------------------------------------- wire helpers
@@ -408,7 +412,9 @@ class Simulation:
     receives live what is published after it registers. ``register_first`` false reverses
     the rule (history read before registration) for the control test."""
 
-    def __init__(self, after: int, prepublished: int, max_buffer: int, register_first: bool):
+    def __init__(
+        self, after: int, prepublished: int, max_buffer: int, register_first: bool
+    ) -> None:
         self.history = ChannelHistory(HistoryPolicy(size=10_000, ttl_s=1e9), epoch="E", now=0)
         for i in range(prepublished):
             self.history.append(i + 1, 0)
@@ -506,4 +512,6 @@ def test_history_module_is_pure() -> None:
     assert roots
     forbidden = {"trio", "anyio", "coredis", "socket", "time", "random", "secrets", "os"}
     assert not roots & forbidden
-    assert ast.get_docstring(tree) and "pure" in ast.get_docstring(tree).lower()  # type: ignore[union-attr]
+    doc = ast.get_docstring(tree)
+    assert doc is not None
+    assert "pure" in doc.lower()

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import gc
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -18,8 +16,13 @@ from redisserver import RedisServer
 
 from trio_socketcluster import HistoryConfig, HistoryPolicy, Server, SocketClusterError
 from trio_socketcluster.brokers.redis import RedisBroker
-from trio_socketcluster.client import Channel
 from trio_socketcluster.testing import open_test_client
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from trio_socketcluster.client import Channel
 
 # coredis (6.9) leaves the anyio memory streams of connections that failed (Redis killed)
 # unclosed, in reference cycles; the garbage collector may find them during any later step.
@@ -81,7 +84,8 @@ async def test_two_workers_share_offsets_and_recover_from_each_other(
             assert [ack["offset"] for ack in acks] == list(range(1, 11))
             assert len({ack["epoch"] for ack in acks}) == 1
             await wait_until(lambda: len(got) == 10)
-            assert got == list(range(10)) and channel.offset == 10
+            assert got == list(range(10))
+            assert channel.offset == 10
             # cut the subscriber; publish meanwhile; it recovers from Redis
             (sock,) = [s for s in b.sockets.values() if "news" in s.channels]
             sock.disconnect(1001, "cut")
@@ -90,7 +94,8 @@ async def test_two_workers_share_offsets_and_recover_from_each_other(
             await wait_until(lambda: len(got) == 30)
             inner.cancel_scope.cancel()
         assert got == list(range(30))
-        assert channel.recovered is True and channel.duplicates == 0
+        assert channel.recovered is True
+        assert channel.duplicates == 0
 
 
 async def test_a_gap_in_the_frames_is_filled_from_the_stream(
@@ -116,7 +121,8 @@ async def test_a_gap_in_the_frames_is_filled_from_the_stream(
         await client.publish("news", 4)
         got = [await channel.get(timeout_s=5) for _ in range(4)]
         assert got == [1, 2, 3, 4]
-        assert broker.stats.gaps_filled == 3 and channel.duplicates == 0
+        assert broker.stats.gaps_filled == 3
+        assert channel.duplicates == 0
 
 
 async def test_redis_kill_9_loses_no_acknowledged_publication(

@@ -5,11 +5,10 @@ tracks offsets and recovers by itself after a reconnect, while others publish.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
-from wsclient import ClientFactory, RawClient
 
 from trio_socketcluster import (
     SILENT,
@@ -24,7 +23,11 @@ from trio_socketcluster import (
 from trio_socketcluster.client import ClientState
 from trio_socketcluster.history import Publication, RecoverRequest
 from trio_socketcluster.testing import open_test_client
-from trio_socketcluster.transport.base import OutboundMessage
+
+if TYPE_CHECKING:
+    from wsclient import ClientFactory, RawClient
+
+    from trio_socketcluster.transport.base import OutboundMessage
 
 POLICY = HistoryPolicy(size=1000, ttl_s=300)
 
@@ -81,7 +84,8 @@ async def test_publish_on_a_history_channel_carries_offset_and_epoch(
     assert (await publish(pub, "room-1", "r", cid=20))["data"]["offset"] == 1
     assert "data" not in await publish(pub, "plain", "p", cid=21)
     got = await publishes(sub, 2)
-    assert got[0]["offset"] == 1 and got[0]["epoch"] != epoch
+    assert got[0]["offset"] == 1
+    assert got[0]["epoch"] != epoch
     assert got[1] == {"channel": "plain", "data": "p"}
 
 
@@ -196,7 +200,8 @@ def test_local_broker_delivers_the_publication_and_encodes_once() -> None:
     broker.subscribe("plain", a)
     pub = broker.publish_stored("c", [1])
     broker.publish("plain", 2)
-    assert seen[0][2] == pub and seen[0][1] is seen[1][1]
+    assert seen[0][2] == pub
+    assert seen[0][1] is seen[1][1]
     assert seen[2] == (2, b'{"event":"#publish","data":{"channel":"plain","data":2}}', None)
     with pytest.raises(TypeError):
         broker.publish_stored("c", object())
@@ -242,7 +247,8 @@ async def test_python_client_recovers_after_a_reconnect(concurrent: bool) -> Non
             nursery.start_soon(consume)
             await publish_all(50)
             await wait_until(lambda: len(received) == 50)
-            assert channel.offset == 50 and channel.recovered is None
+            assert channel.offset == 50
+            assert channel.recovered is None
             # cut the client's connection (it reconnects at once) while others publish
             if concurrent:
                 nursery.start_soon(publish_all, total)
@@ -256,7 +262,8 @@ async def test_python_client_recovers_after_a_reconnect(concurrent: bool) -> Non
             await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
         assert received == list(range(1, total + 1))
-        assert channel.recovered is True and channel.duplicates == 0
+        assert channel.recovered is True
+        assert channel.duplicates == 0
         assert channel.offset == total
 
 
@@ -271,7 +278,8 @@ async def test_python_client_not_recovered_after_history_loss() -> None:
         server.broker.set_history(server.history)  # type: ignore[attr-defined]
         server.publish("news", "lost")  # delivered live (offset 1 of the new epoch)
         assert await channel.get(timeout_s=2) == "lost"
-        assert channel.epoch != old_epoch and channel.offset == 1
+        assert channel.epoch != old_epoch
+        assert channel.offset == 1
         server.broker.set_history(server.history)  # type: ignore[attr-defined]
         (sock,) = server.sockets.values()
         sock.disconnect(4000, "cut")

@@ -12,14 +12,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from procs import INTEROP, REPO, Process, npm_ci
 
 from trio_socketcluster import AuthEngine, Keyring
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.interop
 
@@ -175,7 +177,9 @@ def run_client(node: str, app: App, major: int, token: str) -> dict[str, Any]:
         check=False,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert proc.returncode == 0 and lines, f"http_login.js failed:\n{proc.stdout}\n{proc.stderr}"
+    failure = f"http_login.js failed:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, failure
+    assert lines, failure
     obs: dict[str, Any] = json.loads(lines[-1])
     assert not obs.get("timedOut"), obs
     return obs

@@ -7,8 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -28,6 +27,9 @@ from trio_socketcluster.errors import (
 )
 from trio_socketcluster.identity import IdentityProvider, TokenVerifier
 from trio_socketcluster.oidc import ProviderConfig, ProviderKeys, check_claims, verify_with_keys
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ISSUER = "https://idp.example.test"
 AUDIENCE = "chat-app"
@@ -120,22 +122,24 @@ def test_keys_of_a_jwks_skip_symmetric_private_and_foreign_keys() -> None:
     keys = ProviderKeys.from_jwks(document, CONFIG)
     assert keys.kids == {"rsa-1", "ec-1"}
     assert keys.skipped == 6
-    assert keys.engine is not None and set(keys.engine.verify_algorithms) == {"RS256", "ES256"}
+    assert keys.engine is not None
+    assert set(keys.engine.verify_algorithms) == {"RS256", "ES256"}
 
 
 def test_private_members_of_a_jwk_are_never_used() -> None:
     keys = ProviderKeys.from_jwks({"keys": [RSA_KEY.as_dict(private=True)]}, CONFIG)
-    assert keys.engine is not None and not keys.engine.keyring.can_sign
+    assert keys.engine is not None
+    assert not keys.engine.keyring.can_sign
 
 
-@pytest.mark.parametrize("key, alg", [(RSA_KEY, "RS256"), (EC_KEY, "ES256")])
+@pytest.mark.parametrize(("key", "alg"), [(RSA_KEY, "RS256"), (EC_KEY, "ES256")])
 def test_provider_tokens_verify(key: RSAKey | ECKey, alg: str) -> None:
     out = verify_with_keys(mint(key, alg), KEYS, CONFIG, now=NOW)
     assert out["sub"] == "u-42"
 
 
 @pytest.mark.parametrize(
-    "over, message",
+    ("over", "message"),
     [
         ({"aud": "other-app"}, "jwt audience invalid. expected: chat-app"),
         ({"aud": ["other-app", "x"]}, "jwt audience invalid. expected: chat-app"),
@@ -210,7 +214,8 @@ async def test_provider_fetches_once_and_verifies_rs256_and_es256(idp: JwksServe
     provider = provider_for(idp)
     assert (await provider.verify(mint(RSA_KEY), now=NOW))["sub"] == "u-42"
     assert (await provider.verify(mint(EC_KEY, "ES256"), now=NOW))["sub"] == "u-42"
-    assert idp.hits["/jwks"] == 1 and provider.fetches == 1
+    assert idp.hits["/jwks"] == 1
+    assert provider.fetches == 1
 
 
 async def test_unknown_kid_refetches_at_most_every_10_s(
@@ -255,7 +260,8 @@ async def test_concurrent_unknown_kids_fetch_once(
     async with trio.open_nursery() as nursery:
         for i in range(20):
             nursery.start_soon(one, f"k{i}")
-    assert len(errors) == 20 and idp.hits["/jwks"] == 1
+    assert len(errors) == 20
+    assert idp.hits["/jwks"] == 1
 
 
 async def test_jku_and_x5u_are_never_fetched(idp: JwksServer) -> None:
@@ -280,7 +286,8 @@ async def test_discovery_finds_the_jwks(idp: JwksServer) -> None:
     provider = IdentityProvider(config(issuer=issuer))
     token = jwt.encode({"alg": "ES256", "kid": "ec-1"}, claims(iss=issuer), EC_KEY)
     assert (await provider.verify(token, now=NOW))["iss"] == issuer
-    assert idp.hits["/tenant/.well-known/openid-configuration"] == 1 and idp.hits["/jwks"] == 1
+    assert idp.hits["/tenant/.well-known/openid-configuration"] == 1
+    assert idp.hits["/jwks"] == 1
 
 
 async def test_discovery_document_for_another_issuer_is_refused(idp: JwksServer) -> None:
@@ -293,7 +300,8 @@ async def test_discovery_document_for_another_issuer_is_refused(idp: JwksServer)
     token = jwt.encode({"alg": "ES256", "kid": "ec-1"}, claims(iss=issuer), EC_KEY)
     with pytest.raises(AuthTokenError) as info:
         await provider.verify(token, now=NOW)
-    assert not info.value.is_bad_token and idp.hits["/jwks"] == 0
+    assert not info.value.is_bad_token
+    assert idp.hits["/jwks"] == 0
 
 
 async def test_unreachable_keys_are_not_a_bad_token(
@@ -332,9 +340,11 @@ OWN = AuthEngine(Keyring.symmetric("test-auth-key"))
 async def test_verifier_tells_who_vouched(idp: JwksServer) -> None:
     verifier = TokenVerifier(OWN, [provider_for(idp)])
     own = await verifier.verify(OWN.sign({"username": "alice"}, now=NOW), now=NOW)
-    assert own.issuer is None and own.claims["username"] == "alice"
+    assert own.issuer is None
+    assert own.claims["username"] == "alice"
     theirs = await verifier.verify(mint(EC_KEY, "ES256"), now=NOW)
-    assert theirs.issuer == ISSUER and theirs.claims["sub"] == "u-42"
+    assert theirs.issuer == ISSUER
+    assert theirs.claims["sub"] == "u-42"
 
 
 async def test_verifier_errors(idp: JwksServer) -> None:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import secrets
 import sys
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from procs import INTEROP, REPO, Process, npm_ci, run_json_scripts
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.interop
 

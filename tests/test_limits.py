@@ -57,7 +57,8 @@ def test_one_address_spending_its_bucket_does_not_refuse_another() -> None:
     assert adm.admit(now=0, address="10.0.0.1", open_connections=0) is None
     assert adm.admit(now=0, address="10.0.0.1", open_connections=0) is None
     refusal = adm.admit(now=0, address="10.0.0.1", open_connections=0)
-    assert refusal is not None and refusal.cause == "address_rate"
+    assert refusal is not None
+    assert refusal.cause == "address_rate"
     assert refusal.retry_after_header == "1"
     assert adm.admit(now=0, address="10.0.0.2", open_connections=0) is None
     assert adm.admit(now=1.0, address="10.0.0.1", open_connections=0) is None
@@ -74,14 +75,16 @@ def test_a_refused_address_spends_nothing_of_the_overall_bucket() -> None:
     assert adm.admit(now=0, address="a", open_connections=0) is not None  # a's bucket
     assert adm.admit(now=0, address="b", open_connections=0) is None  # overall had 1 left
     refusal = adm.admit(now=0, address="c", open_connections=0)
-    assert refusal is not None and refusal.cause == "handshake_rate"
+    assert refusal is not None
+    assert refusal.cause == "handshake_rate"
 
 
 def test_connection_limit() -> None:
     adm = Admission(AdmissionLimits(max_connections=2))
     assert adm.admit(now=0, address=None, open_connections=1) is None
     refusal = adm.admit(now=0, address=None, open_connections=2)
-    assert refusal is not None and refusal.cause == "connections"
+    assert refusal is not None
+    assert refusal.cause == "connections"
 
 
 def test_tracked_addresses_are_bounded_and_forgetting_is_lenient() -> None:

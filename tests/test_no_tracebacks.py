@@ -16,12 +16,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytest
 import trio
 import trio.lowlevel
 import trio.testing
@@ -33,6 +31,11 @@ from wsclient import ClientFactory, RawClient, new_client
 
 from trio_socketcluster import Hook, Server, ServerSocket
 from trio_socketcluster.server.http import static_files
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import pytest
 
 LOGGER = "trio_socketcluster"
 TOKEN = "@valid-token@"  # replaced by a token the server signed

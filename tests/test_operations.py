@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -20,9 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trio_socketcluster import Block, Hook, Reply, Server, ServerSocket
 from trio_socketcluster.client import connect
-from trio_socketcluster.middleware import HandshakeWSRequest, PublishInRequest
 from trio_socketcluster.server.http import static_files
 from trio_socketcluster.transport.base import MAX_BODY_BYTES, HandshakeRequest, Rejection
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from trio_socketcluster.middleware import HandshakeWSRequest, PublishInRequest
 
 P = "trio_socketcluster_"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -163,7 +166,7 @@ async def test_metrics_move_exactly_as_clients_connect_log_in_are_refused_and_le
             with pytest.raises(Exception, match="jwt malformed"):  # AuthTokenInvalidError
                 await b.authenticate("not-a-jwt")
             assert await b.invoke("echo", "hi") == "hi"
-            with pytest.raises(Exception):  # noqa: B017 (the client's connect error)
+            with pytest.raises(Exception):  # noqa: B017, PT011 (the client's connect error)
                 async with connect(url + "?deny=1"):
                     pass
             s1 = await scrape(port)
@@ -339,7 +342,8 @@ async def test_head_answers_carry_the_get_headers_and_no_body(tmp_path: Any) -> 
             assert headers["content-type"] == g_headers["content-type"], path
             if path != "/metrics":  # the metrics text changes between two scrapes
                 assert headers["content-length"] == g_headers["content-length"], path
-            assert int(headers["content-length"]) > 0 and g_body, path
+            assert int(headers["content-length"]) > 0, path
+            assert g_body, path
         assert (await http(port, "/missing.html", method="HEAD"))[::2] == (404, b"")
 
 
@@ -386,7 +390,8 @@ async def test_wss_with_the_python_client_on_our_transport(ca: trustme.CA) -> No
             assert socket.remote_address[0] == "127.0.0.1"
         # plain HTTP over TLS too
         status, _, body = await http(port, "/metrics", ssl_context=client_context(ca))
-        assert status == 200 and b"trio_socketcluster_connections" in body
+        assert status == 200
+        assert b"trio_socketcluster_connections" in body
         # a client that does not trust the CA fails the TLS handshake; the server carries on
         with pytest.raises((ssl.SSLError, trio.BrokenResourceError)):
             await http(port, "/healthz", ssl_context=ssl.create_default_context())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -17,6 +17,9 @@ from procs import INTEROP, npm_ci
 from test_operations import app, client_context, scrape, server_context, serving
 
 from trio_socketcluster.client import connect
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.interop
 
@@ -33,7 +36,8 @@ async def run_node(node: str, *args: str, env: dict[str, str] | None = None) -> 
         check=False,
     )
     lines = [ln for ln in result.stdout.decode().splitlines() if ln.startswith("{")]
-    assert result.returncode == 0 and lines, result.stderr.decode()[-2000:]
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert lines, result.stderr.decode()[-2000:]
     out: dict[str, object] = json.loads(lines[-1])
     return out
 
@@ -92,7 +96,8 @@ async def test_a_refused_npm_client_backs_off_and_connects_when_a_slot_frees(
         assert holder_done.is_set()
         assert out["connected"] is True, out
         aborts = out["aborts"]
-        assert isinstance(aborts, int) and aborts >= 2
+        assert isinstance(aborts, int)
+        assert aborts >= 2
         samples = await scrape(port)
     refused = samples[("trio_socketcluster_refused_connections_total", (("cause", "connections"),))]
     assert refused == aborts  # every refusal the client saw was counted, and nothing else

@@ -244,7 +244,8 @@ def test_huge_integers_survive(n: int) -> None:
     beyond a double's precision. Encoding is exact."""
     text = json.dumps({"event": "e", "data": {"n": n}, "cid": 1})
     [packet] = decode(text)
-    assert isinstance(packet, EventPacket) and packet.cid == 1
+    assert isinstance(packet, EventPacket)
+    assert packet.cid == 1
     got = packet.data["n"]
     assert got == n or (isinstance(got, float) and got == float(n))
     assert json.loads(encode({"n": n, "k": [n]})) == {"n": n, "k": [n]}
@@ -355,7 +356,8 @@ def invalid_error(fault: Fault) -> Any:
 
 def test_lone_surrogate_error_text() -> None:
     event = one('{"event":"echo","data":"\\ud800","cid":7}')
-    assert isinstance(event, Invalid) and event.cid == 7
+    assert isinstance(event, Invalid)
+    assert event.cid == 7
     assert isinstance(event.error, InvalidMessageError)
     assert "lone surrogate" in event.error.message
     assert one('{"event":"echo","data":"\\ud83d\\ude00","cid":7}') == Emit(
@@ -387,7 +389,8 @@ def test_a_thirty_digit_cid_is_read_as_a_double_as_javascript_does() -> None:
 @pytest.mark.parametrize("text", ["1e400", "-1e400"])
 def test_a_non_finite_cid_is_invalid_and_answered_with_a_null_rid(text: str) -> None:
     event = one('{"event":"e","cid":' + text + "}")
-    assert isinstance(event, Invalid) and event.fault is Fault.NON_FINITE_CID
+    assert isinstance(event, Invalid)
+    assert event.fault is Fault.NON_FINITE_CID
     assert event.cid is not None
     assert json.loads(response_bytes(event.cid, error=event.error.to_wire())) == {
         "rid": None,
@@ -437,8 +440,10 @@ def test_malformed_reserved_events_are_invalid_with_the_wire_text(
     for cid in (2, None):
         packet = {"event": event, "data": data, **({} if cid is None else {"cid": cid})}
         got = one(json.dumps(packet))
-        assert isinstance(got, Invalid) and got.cid == cid
-        assert isinstance(got.error, InvalidActionError) and got.error.message == message
+        assert isinstance(got, Invalid)
+        assert got.cid == cid
+        assert isinstance(got.error, InvalidActionError)
+        assert got.error.message == message
 
 
 @given(json_text(max_size=12).filter(bool), json_values())
@@ -583,7 +588,8 @@ class MachineModel(RuleBasedStateMachine):
         for event, types in zip(events, expected, strict=True):
             assert isinstance(event, types), (message, event, types)
             if isinstance(event, Close):
-                assert event.code in (4008, 4009) and event.reason
+                assert event.code in (4008, 4009)
+                assert event.reason
 
     @rule(packet=batchable_packets())
     def single(self, packet: tuple[Kind, Any]) -> None:

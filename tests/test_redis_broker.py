@@ -12,8 +12,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import coredis
 import pytest
@@ -25,7 +24,11 @@ from wsclient import RawClient, new_client
 
 from trio_socketcluster import BrokerError, InvalidOptionsError, Server
 from trio_socketcluster.brokers.redis import RedisBroker, derive_bus_key
-from trio_socketcluster.transport.base import OutboundMessage
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from trio_socketcluster.transport.base import OutboundMessage
 
 KEY = "cluster-test-key"
 
@@ -54,7 +57,7 @@ class Sub:
 @pytest.fixture
 async def brokers(
     redis_server: RedisServer, nursery: trio.Nursery
-) -> AsyncIterator[list[RedisBroker]]:
+) -> list[RedisBroker]:
     """Two running brokers ("processes") on the test's Redis."""
     made = [
         RedisBroker.from_url(redis_server.url, cluster_key=KEY, reconnect_max_s=0.5)
@@ -63,7 +66,7 @@ async def brokers(
     for broker in made:
         await nursery.start(broker.run)
         await broker.wait_connected()
-    yield made
+    return made
 
 
 def _raw_client(redis_server: RedisServer) -> coredis.Redis[bytes]:
@@ -93,8 +96,10 @@ async def test_cross_process_fan_out_once_in_order_encoded_once(
     assert s1.data == s2.data == [{"n": i} for i in range(2000)]
     # encode-once: both local subscribers got the very same encoded packet
     assert all(m1 is m2 for (_, _, m1), (_, _, m2) in zip(s1.got, s2.got, strict=True))
-    assert a.stats.received == 2000 and b.stats.sent == 2000
-    assert a.stats.dropped == 0 and b.stats.lost == 0
+    assert a.stats.received == 2000
+    assert b.stats.sent == 2000
+    assert a.stats.dropped == 0
+    assert b.stats.lost == 0
 
 
 async def test_local_publish_delivered_at_once_and_echo_skipped(
@@ -112,8 +117,10 @@ async def test_local_publish_delivered_at_once_and_echo_skipped(
         await remote.wait_for(1)
         b.publish("c", 2)  # Redis pushes this to a after a's own copy (same connection)
         await local.wait_for(2)
-    assert local.data == [1, 2] and remote.data == [1, 2]
-    assert a.stats.echoes == 1 and b.stats.echoes == 1  # own copies skipped
+    assert local.data == [1, 2]
+    assert remote.data == [1, 2]
+    assert a.stats.echoes == 1
+    assert b.stats.echoes == 1
 
 
 async def test_one_redis_subscription_per_channel(
@@ -135,10 +142,12 @@ async def test_one_redis_subscription_per_channel(
         for sub in subs[:-1]:
             a.unsubscribe("room", sub)
         await a.wait_synced()
-        assert await numsub() == 1 and a.subscribers("room") == 1
+        assert await numsub() == 1
+        assert a.subscribers("room") == 1
         a.unsubscribe("room", subs[-1])
         await a.wait_synced()
-        assert await numsub() == 0 and a.channels() == []
+        assert await numsub() == 0
+        assert a.channels() == []
 
 
 async def test_tampered_and_foreign_messages_are_dropped_and_counted(
@@ -219,7 +228,8 @@ async def test_redis_restart_resubscribes_and_delivery_resumes(
         await sub.wait_for(200)
     assert refused == 100
     assert sub.data == list(range(100)) + list(range(200, 300))  # the gap is the outage
-    assert a.stats.reconnects >= 1 and b.stats.reconnects >= 1
+    assert a.stats.reconnects >= 1
+    assert b.stats.reconnects >= 1
     assert a.local.subscribers("s") == 1
 
 
@@ -262,7 +272,8 @@ async def test_cluster_wide_commands(redis_server: RedisServer, nursery: trio.Nu
 
         await alice_b.invoke("#authenticate", token, cid=7)
         revoked = await b.revoke_token("t-1", exp=None)
-        assert revoked.jti == "t-1" and revoked.forget_at is None  # no exp: kept for good
+        assert revoked.jti == "t-1"
+        assert revoked.forget_at is None
         assert await _next_event(alice_b, "#removeAuthToken") is None
         reply = await alice_b.invoke("#authenticate", token, cid=9)  # refused from now on
         assert reply["error"]["message"] == "jwt revoked"

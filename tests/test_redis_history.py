@@ -8,16 +8,20 @@ object after the old one is closed stands for a restarted process.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import coredis
 import pytest
 import trio
-from redisserver import RedisServer
 
 from trio_socketcluster import InvalidOptionsError
 from trio_socketcluster.brokers.redis_history import RedisHistory, decode_frame
 from trio_socketcluster.history import HistoryPolicy, Publication, RecoverRequest, Recovery
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from redisserver import RedisServer
 
 POLICY = HistoryPolicy(size=1000, ttl_s=300)
 
@@ -110,7 +114,8 @@ async def test_age_trimming_by_the_given_clock(client: coredis.Redis[bytes]) -> 
     for i in range(100):  # offsets 1..100 at 0..99 ms
         await hist.append("c", b"old", policy, now_ms=i)
     ok = await hist.recover("c", RecoverRequest(0, "t1"), policy, now_ms=9_000)
-    assert ok.recovered and len(ok.publications) == 100
+    assert ok.recovered
+    assert len(ok.publications) == 100
     gone = await hist.recover("c", RecoverRequest(0, "t1"), policy, now_ms=10_050)
     assert gone == Recovery(False, 100, "t1")  # offset 1 is 10.05 s old at read time
     assert (await hist.recover("c", RecoverRequest(60, "t1"), policy, now_ms=10_050)).recovered

@@ -8,9 +8,8 @@ import gc
 import itertools
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import coredis
 import pytest
@@ -18,7 +17,6 @@ import trio
 import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
-from redisserver import RedisServer
 
 import trio_socketcluster
 from trio_socketcluster.auth import AuthEngine, Keyring, decode_unverified
@@ -43,6 +41,11 @@ from trio_socketcluster.revocation import (
     revoked_error,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from redisserver import RedisServer
+
 NOW = 1_800_000_000.0
 US = 1_000_000
 times = st.floats(min_value=1e9, max_value=4e9, allow_nan=False)
@@ -65,7 +68,8 @@ def test_pure_modules_import_no_clock_io_or_randomness() -> None:
             for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
         }
-        assert roots and not roots & forbidden, (name, roots & forbidden)
+        assert roots, name
+        assert not roots & forbidden, (name, roots & forbidden)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,8 +205,10 @@ def test_signed_tokens_carry_the_given_jti_and_issue_stamp() -> None:
     stamp = micros(NOW) + 999_999
     token = ENGINE.sign({"username": "alice"}, now=NOW, jti="j-1", issued_at_us=stamp)
     claims = ENGINE.verify(token, now=NOW)
-    assert claims["jti"] == "j-1" and claims["iat_us"] == stamp
-    assert claims["iat"] == stamp // US and claims["exp"] == claims["iat"] + 86400
+    assert claims["jti"] == "j-1"
+    assert claims["iat_us"] == stamp
+    assert claims["iat"] == stamp // US
+    assert claims["exp"] == claims["iat"] + 86400
 
 
 def test_a_renewed_token_is_a_new_token() -> None:
@@ -212,7 +218,8 @@ def test_a_renewed_token_is_a_new_token() -> None:
     renewed = ENGINE.verify(
         ENGINE.sign(old, now=NOW + 5, jti="new", issued_at_us=micros(NOW + 5)), now=NOW + 5
     )
-    assert renewed["jti"] == "new" and renewed["iat_us"] == micros(NOW + 5)
+    assert renewed["jti"] == "new"
+    assert renewed["iat_us"] == micros(NOW + 5)
     assert renewed["iat"] == old["iat"]  # a payload iat wins, as before
 
 
@@ -245,12 +252,15 @@ async def test_local_store_jti(mock_clock: trio.testing.MockClock) -> None:
     token = {"jti": "j", "exp": NOW + 10}
     assert await store.check(token) is None
     event = await store.revoke_jti("j", NOW + 10)
-    assert heard == [event] and event.forget_at == NOW + 12 and event.revokes(token)
+    assert heard == [event]
+    assert event.forget_at == NOW + 12
+    assert event.revokes(token)
     assert await store.check(token) is Revocation.JTI
     mock_clock.jump(11.9)
     assert await store.check(token) is Revocation.JTI
     mock_clock.jump(0.1)
-    assert await store.check(token) is None and len(store.table) == 0
+    assert await store.check(token) is None
+    assert len(store.table) == 0
     remove()
     await store.revoke_jti("k", None)
     assert len(heard) == 1
@@ -267,7 +277,8 @@ async def test_local_store_logout_everywhere_on_a_still_clock(
     assert await store.check(before) is Revocation.WATERMARK
     assert await store.check(after) is None
     mock_clock.jump(100)
-    assert await store.check(before) is None and len(store.table) == 0
+    assert await store.check(before) is None
+    assert len(store.table) == 0
 
 
 async def test_local_store_arguments() -> None:
@@ -297,7 +308,7 @@ def collect_coredis_garbage() -> Iterator[None]:
 @pytest.fixture
 async def stores(
     redis_server: RedisServer, nursery: trio.Nursery
-) -> AsyncIterator[tuple[RedisRevocationStore, RedisRevocationStore]]:
+) -> tuple[RedisRevocationStore, RedisRevocationStore]:
     """Two stores (two workers) on one Redis, both synced."""
     a = RedisRevocationStore.from_url(redis_server.url, leeway_s=1)
     b = RedisRevocationStore.from_url(redis_server.url, leeway_s=1)
@@ -305,7 +316,7 @@ async def stores(
         await nursery.start(store.run)
         with trio.fail_after(10):
             await store.wait_synced()
-    yield a, b
+    return a, b
 
 
 async def raw_client(url: str) -> coredis.Redis[bytes]:
@@ -346,7 +357,8 @@ async def test_redis_revocation_reaches_every_worker(
     await a.revoke_user_before("alice", ttl_s=86400)
     await heard.wait_for(2)
     event = heard.events[1]
-    assert isinstance(event, UserRevoked) and event.revokes({**token, "jti": "other"})
+    assert isinstance(event, UserRevoked)
+    assert event.revokes({**token, "jti": "other"})
     assert await b.check({**token, "jti": "other"}) is Revocation.WATERMARK
     fresh = {"username": "alice", "jti": "j2", "iat_us": b.issue_stamp() + 10**6}
     assert await b.check(fresh) is None
@@ -402,7 +414,8 @@ async def test_redis_watermarks_only_move_forward(
     client = await raw_client(redis_server.url)
     async with client:
         value = await client.get(b"tsc:0:rv:u:dave")
-    assert value is not None and value.split()[0] == b"5000000"
+    assert value is not None
+    assert value.split()[0] == b"5000000"
     assert await b.check({"username": "dave", "iat_us": 4 * US}) is Revocation.WATERMARK
 
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import trio.lowlevel
 import trio.testing
 from conftest import make_server as make_echo_server
-from wsclient import ClientFactory, RawClient
 
 from trio_socketcluster import (
     AuthEngine,
@@ -32,6 +30,11 @@ from trio_socketcluster import (
     SocketClusterError,
 )
 from trio_socketcluster.auth import decode_unverified, iso_date
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from wsclient import ClientFactory, RawClient
 
 REMOVE = {"event": "#removeAuthToken", "data": None}
 QUIET = {"ping_interval_s": 1000.0, "ping_timeout_s": 2000.0}  # no heartbeat interference
@@ -95,8 +98,10 @@ async def test_handshake_with_a_valid_token(connect: ClientFactory) -> None:
     assert set(reply["data"]) == {"id", "pingTimeout", "isAuthenticated"}
     assert reply["data"]["isAuthenticated"] is True
     socket = only_socket(server)
-    assert socket.authenticated and socket.signed_auth_token == token
-    assert socket.auth_token is not None and socket.auth_token["username"] == "bob"
+    assert socket.authenticated
+    assert socket.signed_auth_token == token
+    assert socket.auth_token is not None
+    assert socket.auth_token["username"] == "bob"
     await assert_nothing_pending(client)
 
 
@@ -291,15 +296,19 @@ async def test_set_auth_token_goes_before_the_response(connect: ClientFactory) -
     reply = await client.invoke("login", {"payload": {"username": "bob"}}, cid=3)
     assert reply == {"rid": 3, "data": "ok"}
     [set_token] = client.others
-    assert set(set_token) == {"event", "data"} and set_token["event"] == "#setAuthToken"
+    assert set(set_token) == {"event", "data"}
+    assert set_token["event"] == "#setAuthToken"
     token = set_token["data"]["token"]
     claims = decode_unverified(token)
     assert claims is not None
     jti, iat_us = claims.pop("jti"), claims.pop("iat_us")  # a new token: its own id and stamp
-    assert isinstance(jti, str) and len(jti) >= 16 and iat_us // 1_000_000 == math.floor(now)
+    assert isinstance(jti, str)
+    assert len(jti) >= 16
+    assert iat_us // 1_000_000 == math.floor(now)
     assert claims == {"username": "bob", "iat": math.floor(now), "exp": math.floor(now) + 86400}
     socket = only_socket(server)
-    assert socket.authenticated and socket.signed_auth_token == token
+    assert socket.authenticated
+    assert socket.signed_auth_token == token
     assert server.auth.verify(token, now=server.now())["username"] == "bob"
 
 
@@ -338,7 +347,7 @@ async def test_set_auth_token_before_the_handshake_is_refused(connect: ClientFac
     client = await connect(server)
     await client.handshake()
     socket = only_socket(server)
-    with pytest.raises(SocketClusterError):
+    with pytest.raises(SocketClusterError):  # noqa: PT012 (the whole block is the case)
         # A socket that is closed cannot take a token either.
         socket.disconnect()
         await socket.set_auth_token({"u": 1})
@@ -495,10 +504,12 @@ async def test_renewal_pushes_a_new_token_before_expiry(
     assert pushed["event"] == "#setAuthToken"
     assert trio.current_time() - start_trio == pytest.approx(old_exp - 10 - start_wall, abs=1e-6)
     claims = decode_unverified(pushed["data"]["token"])
-    assert claims is not None and claims["renewed"] == 1
+    assert claims is not None
+    assert claims["renewed"] == 1
     await trio.sleep(old_exp - server.now() + 5)  # past the old exp
     socket = only_socket(server)
-    assert socket.authenticated and socket.auth_token is not None
+    assert socket.authenticated
+    assert socket.auth_token is not None
     assert socket.auth_token["renewed"] == 1
     await assert_nothing_pending(client)
     assert len(calls) == 1

@@ -10,9 +10,8 @@ handshake: the connection never dies and a following echo still works.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -24,6 +23,9 @@ from strategies import json_text, json_values
 from wsclient import ClientFactory, Closed, RawClient, new_client
 
 from trio_socketcluster import Hook, Server, ServerSocket
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
 
 PROBE_CID = 987_654_321
 
@@ -218,7 +220,8 @@ async def test_handshake_data_of_any_type(connect: ClientFactory) -> None:
         reply = await client.recv_json()
         if reply.get("event") == "#removeAuthToken":  # a token of the wrong type is bad
             reply = await client.recv_json()
-        assert reply["rid"] == 1 and reply["data"]["isAuthenticated"] is False
+        assert reply["rid"] == 1
+        assert reply["data"]["isAuthenticated"] is False
         assert ("authError" in reply["data"]) == (isinstance(data, dict))
         await assert_alive(client)
 
@@ -274,7 +277,8 @@ async def test_lone_surrogates_are_refused_before_any_handler(
     await client.send(packet)
     assert await client.recv_json() == {"rid": 2, "error": SURROGATE_ERROR}
     await assert_silent_then_alive(client)
-    assert seen == [] and server.broker.channels() == []
+    assert seen == []
+    assert server.broker.channels() == []
     assert not any(r.exc_info for r in caplog.records)  # no traceback
 
 
@@ -291,14 +295,16 @@ async def test_lone_surrogate_warnings_are_rate_limited(
         assert await client.recv_json() == {"rid": cid, "error": SURROGATE_ERROR}
     await assert_silent_then_alive(client)
     warnings = [r for r in caplog.records if "lone surrogate" in r.getMessage()]
-    assert len(warnings) == 1 and not warnings[0].exc_info
+    assert len(warnings) == 1
+    assert not warnings[0].exc_info
 
 
 async def test_a_lone_surrogate_in_the_handshake_closes_4008(connect: ClientFactory) -> None:
     client = await connect(make_server())
     await client.send('{"event":"#handshake","data":{"authToken":"\\ud800"},"cid":1}')
     closed = await client.expect_close()
-    assert closed.code == 4008 and closed.reason == "Handshake request was malformatted"
+    assert closed.code == 4008
+    assert closed.reason == "Handshake request was malformatted"
 
 
 @pytest.mark.parametrize(

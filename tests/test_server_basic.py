@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import trio.testing
-from wsclient import ClientFactory
 
 from trio_socketcluster import Reply, Server, ServerSocket, SocketClusterError
+
+if TYPE_CHECKING:
+    from wsclient import ClientFactory
+
+    from trio_socketcluster.transport.base import OutboundMessage
 
 
 def make_app() -> Server:
@@ -127,7 +131,6 @@ async def test_pubsub_encode_once_and_unsubscribe(connect: ClientFactory) -> Non
 
 async def test_publish_frames_are_shared_by_all_subscribers() -> None:
     from trio_socketcluster.brokers.local import LocalBroker
-    from trio_socketcluster.transport.base import OutboundMessage
 
     seen: list[OutboundMessage] = []
 
@@ -142,7 +145,8 @@ async def test_publish_frames_are_shared_by_all_subscribers() -> None:
     for s in subs:
         broker.subscribe("c", s)
     broker.publish("c", {"x": 1})
-    assert len(seen) == 100 and all(m is seen[0] for m in seen)
+    assert len(seen) == 100
+    assert all(m is seen[0] for m in seen)
     assert seen[0].frame is seen[0].frame  # framed once
 
 
@@ -290,13 +294,15 @@ def test_broker_capabilities_are_explicit_protocols() -> None:
     from trio_socketcluster.brokers.local import LocalBroker
 
     local = LocalBroker()
-    assert not isinstance(local, RunnableBroker) and not isinstance(local, DistributedBroker)
+    assert not isinstance(local, RunnableBroker)
+    assert not isinstance(local, DistributedBroker)
     server = Server(auth_key="k")
     assert server.distributed_broker is None
     pytest.importorskip("coredis")
     from trio_socketcluster.brokers.redis import RedisBroker
 
     redis = RedisBroker.from_url("redis://127.0.0.1:1/0", cluster_key="k" * 32)
-    assert isinstance(redis, DistributedBroker) and isinstance(redis, RunnableBroker)
+    assert isinstance(redis, DistributedBroker)
+    assert isinstance(redis, RunnableBroker)
     server.set_broker(redis)
     assert server.distributed_broker is redis

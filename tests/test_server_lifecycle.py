@@ -124,7 +124,7 @@ async def test_no_pong_closes_4001_after_ping_timeout(
     served = await serve_one(nursery, server)
     t0 = trio.current_time()
     messages: list[Any] = []
-    with pytest.raises(Closed) as info:
+    with pytest.raises(Closed) as info:  # noqa: PT012 (read until the close)
         while True:
             messages.append(await served.client.recv())
     assert info.value.code == 4001
@@ -147,7 +147,7 @@ async def test_any_inbound_message_keeps_the_connection_alive(
         await trio.sleep(1)
         assert await client.invoke("echo", i, cid=10 + i) == {"rid": 10 + i, "data": i}
     t_last = trio.current_time()
-    with pytest.raises(Closed) as info:
+    with pytest.raises(Closed) as info:  # noqa: PT012 (read until the close)
         while True:
             await client.recv()
     assert info.value.code == 4001
@@ -162,7 +162,7 @@ async def test_a_pong_resets_the_timeout(
     t0 = trio.current_time()
     await trio.sleep(15)
     await client.send("")
-    with pytest.raises(Closed) as info:
+    with pytest.raises(Closed) as info:  # noqa: PT012 (read until the close)
         while True:
             await client.recv()
     assert info.value.code == 4001
@@ -202,7 +202,8 @@ async def test_handle_stream_returns_after_disconnect(
     assert (closed.code, closed.reason) == (4500, "bye")
     with trio.fail_after(10):
         await served.ended.wait()
-    assert socket.state == "closed" and socket.close_code == 4500
+    assert socket.state == "closed"
+    assert socket.close_code == 4500
     assert server.client_count == 0
 
 

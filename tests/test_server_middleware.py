@@ -15,8 +15,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -38,9 +37,13 @@ from trio_socketcluster import (
     ServerSocket,
     SocketClusterError,
 )
-from trio_socketcluster.middleware import PublishOutRequest
 from trio_socketcluster.protocol.codec import publish_bytes
-from trio_socketcluster.transport.base import OutboundMessage
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from trio_socketcluster.middleware import PublishOutRequest
+    from trio_socketcluster.transport.base import OutboundMessage
 
 
 def make_server(**options: Any) -> Server:

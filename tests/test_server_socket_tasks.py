@@ -37,7 +37,8 @@ async def test_heartbeat_starts_when_a_slow_handshake_is_accepted(
     t0 = trio.current_time()
     await client.send_json({"event": "#handshake", "data": {}, "cid": 1})
     reply = await client.recv_json(skip_pings=False)  # nothing (no ping) comes before it
-    assert reply["rid"] == 1 and reply["data"]["id"]
+    assert reply["rid"] == 1
+    assert reply["data"]["id"]
     assert trio.current_time() == t0 + 10
     assert await pings_until(client, 4) == [
         (t0 + 10, "#1"),

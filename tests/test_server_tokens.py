@@ -4,7 +4,7 @@ memory streams). The two-worker versions with the npm clients and Redis are in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -23,7 +23,6 @@ from test_identity import (
     jwks,
     mint,
 )
-from wsclient import ClientFactory, RawClient
 
 from trio_socketcluster import (
     Block,
@@ -35,7 +34,11 @@ from trio_socketcluster import (
     Server,
 )
 from trio_socketcluster.auth import decode_unverified
-from trio_socketcluster.middleware import AuthenticateRequest
+
+if TYPE_CHECKING:
+    from wsclient import ClientFactory, RawClient
+
+    from trio_socketcluster.middleware import AuthenticateRequest
 
 
 async def serving(server: Server, nursery: trio.Nursery) -> Server:
@@ -80,7 +83,8 @@ def conformance_app() -> Any:
 
     path = Path(__file__).resolve().parent.parent / "examples" / "conformance_app.py"
     spec = importlib.util.spec_from_file_location("conformance_app", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -102,7 +106,10 @@ async def test_revoked_token_is_deauthenticated_and_refused_until_it_expires(
     token = server.issue_token({"username": "alice"}, expires_in_s=60)
     other = server.issue_token({"username": "alice"}, expires_in_s=60)
     claims = decode_unverified(token)
-    assert claims is not None and claims["jti"] != decode_unverified(other)["jti"]  # type: ignore[index]
+    other_claims = decode_unverified(other)
+    assert claims is not None
+    assert other_claims is not None
+    assert claims["jti"] != other_claims["jti"]
     live, untouched = await authed(connect, server, token), await authed(connect, server, other)
 
     revoked = await server.revoke_token(claims["jti"], exp=claims["exp"])
@@ -157,7 +164,8 @@ async def test_renewal_survives_revoking_another_token_but_not_its_own(
     [renewed] = [p for p in await events_until(b, "#setAuthToken") if p == "#setAuthToken"]
     assert renewed
     socket = next(s for s in server.sockets.values() if s.authenticated)
-    assert socket.auth_token is not None and socket.auth_token["jti"] not in (jti,)
+    assert socket.auth_token is not None
+    assert socket.auth_token["jti"] not in (jti,)
     assert socket.signed_auth_token != second
 
 
@@ -184,7 +192,8 @@ async def test_renewal_checks_the_store_before_renewing(
     assert socket.authenticated
     await trio.sleep(21)
     assert await events_until(client, "#removeAuthToken") == ["#removeAuthToken"]
-    assert renewed == [] and not socket.authenticated
+    assert renewed == []
+    assert not socket.authenticated
 
 
 # ------------------------------------------------------------------ users
@@ -213,7 +222,8 @@ async def test_transmit_to_user_reaches_every_socket_of_the_user_only(
     await a1.close()
     await trio.testing.wait_all_tasks_blocked()
     assert server.transmit_to_user("u1", "note") == 0
-    assert server.deauthenticate_user("u2") == 1 and server.disconnect_user("u1") == 0
+    assert server.deauthenticate_user("u2") == 1
+    assert server.disconnect_user("u1") == 0
     with pytest.raises(InvalidActionError):
         server.transmit_to_user("u1", "#publish")
 
@@ -288,7 +298,8 @@ async def test_provider_tokens_authenticate_with_their_issuer(
     await authed(connect, server, own)
     sockets = list(server.sockets.values())
     assert [s.auth_issuer for s in sockets] == [ISSUER, ISSUER, None]
-    assert sockets[0].auth_token is not None and sockets[0].auth_token["sub"] == "u-42"
+    assert sockets[0].auth_token is not None
+    assert sockets[0].auth_token["sub"] == "u-42"
     assert issuers == [ISSUER, ISSUER, None]
 
     # Refused, each with the socket usable.

@@ -9,8 +9,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import coredis
 import pytest
@@ -19,6 +18,9 @@ from jwksserver import JwksServer
 from procs import INTEROP, Process, npm_ci
 from redisserver import RedisServer, redis_app
 from test_identity import AUDIENCE, EC_KEY, ISSUER, RSA_KEY, jwks, mint
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.interop
 
@@ -89,7 +91,8 @@ def test_revoked_token_refused_on_the_other_worker_and_after_a_restart(
     assert result["otherWorker"] == {"isAuthenticated": True, "authError": None}
     assert result["deauthenticated"] == [True, True]  # on both workers
     assert result["order"] == ["response", "deauthenticate"]  # answered, then revoked
-    assert len(result["refused"]) == 4 and _refused_as_revoked(result["refused"])
+    assert len(result["refused"]) == 4
+    assert _refused_as_revoked(result["refused"])
     token = result["token"]
 
     # Kept in Redis until the token would have expired (exp + leeway 0), not longer.
@@ -112,7 +115,8 @@ def test_logout_everywhere_across_workers(cluster: Cluster) -> None:
     assert _refused_as_revoked(result["refused"])
     assert result["whoami"]["username"] == "alice"  # a new login works at once
     [fresh_v20, fresh_v14] = result["fresh"]
-    assert fresh_v20["isAuthenticated"] and fresh_v14["isAuthenticated"]
+    assert fresh_v20["isAuthenticated"]
+    assert fresh_v14["isAuthenticated"]
     assert fresh_v20["whoami"]["username"] == "alice"
 
 
@@ -130,7 +134,8 @@ def test_renewal_after_revoking_another_token_of_the_user(redis_server: RedisSer
     finally:
         made.stop()
     assert result["revokedDeauthenticated"] is True
-    assert result["renewed"] is True and result["state"] == "authenticated"
+    assert result["renewed"] is True
+    assert result["state"] == "authenticated"
     assert result["whoami"]["username"] == "alice"
 
 

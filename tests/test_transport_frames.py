@@ -236,14 +236,20 @@ def test_outcomes_of_the_fixed_streams() -> None:
     """What the fixed streams mean (the equivalence alone would pass if both paths erred)."""
     outcomes = [compare(b"", [s], 16 * 2**20) for s in STREAMS]
     flat = [[m for r in o.reads for m in r] for o in outcomes]
-    assert flat[0] == ["a", "é" * 200, "x" * 5000] and outcomes[0].end == PeerClose(1000, "")
-    assert flat[1] == ["abcd", "after"] and outcomes[1].controls == [Ping(b"p")]
+    assert flat[0] == ["a", "é" * 200, "x" * 5000]
+    assert outcomes[0].end == PeerClose(1000, "")
+    assert flat[1] == ["abcd", "after"]
+    assert outcomes[1].controls == [Ping(b"p")]
     assert flat[2] == ["ok"]
-    assert isinstance(outcomes[2].end, ProtocolFailure) and outcomes[2].end.code == 1007
+    assert isinstance(outcomes[2].end, ProtocolFailure)
+    assert outcomes[2].end.code == 1007
     assert flat[3] == ["a", "b" * 70000, "c"]
-    assert isinstance(outcomes[4].end, ProtocolFailure) and outcomes[4].end.code == 1002
-    assert flat[5] == ["a"] * 3 and outcomes[5].controls == [Ping(b"p")]
-    assert flat[6] == [b"\xff\xfe" * 700, b"\xc3", "z"] and outcomes[6].end is None
+    assert isinstance(outcomes[4].end, ProtocolFailure)
+    assert outcomes[4].end.code == 1002
+    assert flat[5] == ["a"] * 3
+    assert outcomes[5].controls == [Ping(b"p")]
+    assert flat[6] == [b"\xff\xfe" * 700, b"\xc3", "z"]
+    assert outcomes[6].end is None
 
 
 def test_text_is_str_binary_is_bytes() -> None:
@@ -251,7 +257,8 @@ def test_text_is_str_binary_is_bytes() -> None:
     got = reader.feed(frame(1, "é".encode()) + frame(2, b"\xff") + frame(2, b"") + frame(1, b""))
     assert got == ["é", b"\xff", b"", ""]
     assert [type(m) for m in got] == [str, bytes, bytes, str]
-    assert reader.end is None and not reader.used_wsproto
+    assert reader.end is None
+    assert not reader.used_wsproto
 
 
 @pytest.mark.parametrize("payload", [b"ok\xff", b"\xc3", b"x" * 2000 + b"\xff"])
@@ -260,7 +267,8 @@ def test_invalid_utf8_text_fails_1007_binary_passes(payload: bytes) -> None:
     assert reader.feed(frame(2, payload, mask=b"abcd")) == [payload]
     assert reader.end is None
     assert reader.feed(frame(1, payload, mask=b"abcd") + _msg("lost")) == []
-    assert isinstance(reader.end, ProtocolFailure) and reader.end.code == 1007
+    assert isinstance(reader.end, ProtocolFailure)
+    assert reader.end.code == 1007
     assert reader.feed(_msg("ignored")) == []  # finished
 
 

@@ -122,10 +122,12 @@ async def test_messages_both_ways_and_request() -> None:
                     await trio.testing.wait_all_tasks_blocked()
     assert results[0].code == 1000
     req = seen[0]
-    assert req.path == "/socketcluster/" and req.query == "x=1"
+    assert req.path == "/socketcluster/"
+    assert req.query == "x=1"
     assert req.header("host") is not None
     assert req.header("sec-websocket-version") == "13"
-    assert req.remote_address is not None and req.remote_address[0] == "127.0.0.1"
+    assert req.remote_address is not None
+    assert req.remote_address[0] == "127.0.0.1"
 
 
 async def test_server_close_code_reaches_client() -> None:
@@ -134,7 +136,8 @@ async def test_server_close_code_reaches_client() -> None:
         assert t is not None
         t.send(OutboundMessage(b"bye soon"))
         await t.close(4008, "Server rejected handshake")
-        assert t.closed and t.close_code == 4008
+        assert t.closed
+        assert t.close_code == 4008
         with pytest.raises(TransportClosed) as info:
             await t.receive()
         assert info.value.code == 4008
@@ -292,5 +295,6 @@ async def test_binary_messages_arrive_as_bytes() -> None:
             await ws.send_message("after")
             with pytest.raises(ConnectionClosed) as info:
                 await ws.get_message()
-            assert info.value.reason is not None and info.value.reason.code == 1000
+            assert info.value.reason is not None
+            assert info.value.reason.code == 1000
     assert got == [b"\xff\xfe", "after"]

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -40,6 +39,9 @@ from trio_socketcluster.transport.base import (
     TransportClosed,
 )
 from trio_socketcluster.transport.ws import WsprotoTransport, accept_websocket
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
 
 # --------------------------------------------------------------------------- helpers
 
@@ -172,7 +174,8 @@ async def test_upgrade_accepted_with_request_details() -> None:
                 "/socketcluster/?a=1&b=2", headers=[(b"Origin", b"http://example.com")]
             )
         assert isinstance(ev, AcceptConnection)
-        assert ev.subprotocol is None and ev.extensions == []
+        assert ev.subprotocol is None
+        assert ev.extensions == []
         t = result[0]
         assert t is not None
         req = t.request
@@ -183,7 +186,8 @@ async def test_upgrade_accepted_with_request_details() -> None:
         assert req.header("SEC-WEBSOCKET-VERSION") == "13"
         assert all(k == k.lower() for k, _ in req.headers)
         assert req.remote_address == ("1.2.3.4", 5)
-        assert not t.closed and t.close_code is None
+        assert not t.closed
+        assert t.close_code is None
 
 
 @pytest.mark.parametrize("target", ["/socketcluster", "/other/", "/socketcluster/x"])
@@ -270,7 +274,8 @@ async def test_plain_get_goes_to_http_handler() -> None:
     assert response.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\nX-Thing: 1\r\n" in response
     assert response.endswith(b"\r\n\r\nhello")
-    assert seen[0].path == "/health" and seen[0].query == "x=1"
+    assert seen[0].path == "/health"
+    assert seen[0].query == "x=1"
 
 
 async def test_plain_get_default_426() -> None:
@@ -421,7 +426,8 @@ async def test_fragmented_message_reassembled_with_ping_between() -> None:
             await client.send(TextMessage(data="hel", message_finished=False), Ping(b"p1"))
             # The pong comes while the message is still incomplete.
             ev = await client.next_event()
-            assert isinstance(ev, Pong) and ev.payload == b"p1"
+            assert isinstance(ev, Pong)
+            assert ev.payload == b"p1"
             assert got == []
             await client.send(TextMessage(data="lo wö", message_finished=False))
             await client.send(TextMessage(data="rld", message_finished=True))
@@ -474,7 +480,8 @@ async def test_oversized_message_closes_1009(fragmented: bool) -> None:
                 await t.receive()
             assert info.value.code == 1009
             await expect_close(client, 1009)
-            assert t.closed and t.close_code == 1009
+            assert t.closed
+            assert t.close_code == 1009
 
 
 async def test_oversized_frame_header_rejected_before_payload() -> None:
@@ -577,7 +584,8 @@ async def test_client_close_is_echoed() -> None:
             assert (info.value.code, info.value.reason) == (4321, "bye")
             await expect_close(client, 4321)
             assert await client.stream.receive_some(10) == b""
-            assert t.closed and t.close_code == 4321
+            assert t.closed
+            assert t.close_code == 4321
             with pytest.raises(TransportClosed):
                 await t.receive()
             t.send(OutboundMessage(b"ignored"))
@@ -618,7 +626,8 @@ async def test_server_close_code_and_reason_reach_client() -> None:
 
             nursery.start_soon(client_side)
             await t.close(4008, "Server rejected handshake")
-            assert t.closed and t.close_code == 4008
+            assert t.closed
+            assert t.close_code == 4008
             with pytest.raises(TransportClosed) as info:
                 await t.receive()
             assert info.value.code == 4008
@@ -904,7 +913,7 @@ async def test_echo_over_tcp() -> None:
                             t.send(OutboundMessage(m.encode()))
                         await t.flush()
                 except TransportClosed as exc:
-                    assert exc.code == 1000
+                    assert exc.code == 1000  # noqa: PT017 (inside a server task)
                 nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
@@ -934,13 +943,14 @@ def test_close_state_first_decision_stands() -> None:
     assert s.closed_with(1000, "", ClosedBy.PEER) == s.closed()
     assert OPEN.closed() == CloseState(State.CLOSED, 1006, "", ClosedBy.NETWORK)
     assert OPEN.closed_with(1001, "away", ClosedBy.PEER).by is ClosedBy.PEER
-    assert OPEN.code is None and OPEN.exception().code == 1006
+    assert OPEN.code is None
+    assert OPEN.exception().code == 1006
     with pytest.raises(AssertionError):
         s.closing(1000, "", ClosedBy.LOCAL)  # only an open transport starts closing
 
 
 async def _closed_by(t: WsprotoTransport) -> CloseState:
-    with pytest.raises(TransportClosed) as info:
+    with pytest.raises(TransportClosed) as info:  # noqa: PT012 (the whole block is the case)
         while True:
             await t.receive()
     state = t.close_state

@@ -11,6 +11,7 @@ give the same messages, the same close code and reason, and the same bytes writt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -25,8 +26,10 @@ from trio_socketcluster.transport.base import (
     OutboundMessage,
     TransportClosed,
 )
-from trio_socketcluster.transport.frames import Message
 from trio_socketcluster.transport.ws import WsprotoTransport
+
+if TYPE_CHECKING:
+    from trio_socketcluster.transport.frames import Message
 
 
 class _WsprotoOnly(WsprotoTransport):

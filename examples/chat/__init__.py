@@ -39,10 +39,9 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trio_socketcluster import (
     Allow,
@@ -56,9 +55,13 @@ from trio_socketcluster import (
     ServerSocket,
 )
 from trio_socketcluster.history import Publication, RecoverRequest, Recovery
-from trio_socketcluster.middleware import PublishInRequest, SubscribeRequest
 from trio_socketcluster.server.http import static_files
-from trio_socketcluster.transport.base import HandshakeRequest, Rejection
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from trio_socketcluster.middleware import PublishInRequest, SubscribeRequest
+    from trio_socketcluster.transport.base import HandshakeRequest, Rejection
 
 __all__ = ["USERS", "app", "build_app"]
 

@@ -63,14 +63,13 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from joserfc.errors import JoseError
-from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
@@ -82,6 +81,9 @@ from .errors import (
     AuthTokenNotBeforeError,
     InvalidOptionsError,
 )
+
+if TYPE_CHECKING:
+    from joserfc.jwa import JWSAlgModel
 
 __all__ = [
     "DEFAULT_EXPIRY_S",

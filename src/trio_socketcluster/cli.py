@@ -27,7 +27,7 @@ import signal
 import ssl
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,8 +35,12 @@ from .config import AUTH_KEY_ENV, check_hs256_key
 from .errors import InvalidOptionsError
 from .loading import AppLoadError, load_app
 from .logs import LOG_FORMATS, configure
-from .server import Server
 from .workers import WorkerError, WorkerOptions, run_workers
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from .server import Server
 
 __all__ = ["CliError", "main", "read_auth_key"]
 

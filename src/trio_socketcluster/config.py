@@ -18,12 +18,14 @@ Pure: no I/O, clock or randomness (the environment is a parameter).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from .errors import InvalidOptionsError
 from .limits import AdmissionLimits
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "AUTH_KEY_ENV",

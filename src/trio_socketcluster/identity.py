@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
 
-from .auth import AuthEngine
 from .errors import AuthTokenError, AuthTokenInvalidError, InvalidOptionsError
 from .oidc import (
     ProviderConfig,
@@ -40,6 +38,11 @@ from .oidc import (
     unverified_claims,
     verify_with_keys,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from .auth import AuthEngine
 
 __all__ = ["IdentityProvider", "TokenVerifier", "VerifiedToken"]
 

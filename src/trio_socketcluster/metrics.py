@@ -17,9 +17,11 @@ Pure counting: no I/O, clock or randomness (latencies are measured by the caller
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
 
 __all__ = [
     "LATENCY_BUCKETS_S",

@@ -54,7 +54,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import (
@@ -67,7 +67,9 @@ from .errors import (
     SocketClusterError,
     UnknownError,
 )
-from .transport.base import HandshakeRequest
+
+if TYPE_CHECKING:
+    from .transport.base import HandshakeRequest
 
 __all__ = [
     "ALLOW",

@@ -11,8 +11,10 @@ Pure: the time is a parameter, no I/O, clock or randomness.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
 
 __all__ = ["WarningLimiter"]
 

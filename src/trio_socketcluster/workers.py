@@ -42,9 +42,8 @@ import signal
 import socket as stdlib_socket
 import ssl
 import sys
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -52,7 +51,11 @@ from .config import AUTH_KEY_ENV
 from .errors import InvalidOptionsError
 from .loading import AppLoadError, load_app
 from .logs import configure
-from .server import Server
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from .server import Server
 
 __all__ = ["WorkerError", "WorkerOptions", "open_reuseport_listeners", "run_workers"]
 

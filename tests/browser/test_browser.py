@@ -23,12 +23,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from procs import Lines, free_port, npm_ci, stop
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -168,7 +170,9 @@ def run_driver(scenario: str, server: ChatServer) -> dict[str, Any]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stdin is not None
+    assert proc.stderr is not None
     lines = Lines(proc.stdout)
     steps: list[str] = []
     result: dict[str, Any] | None = None

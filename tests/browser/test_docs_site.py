@@ -19,13 +19,16 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import test_browser
 from procs import npm_ci
 from test_browser import ARTIFACTS, CHROMIUM, HERE, REPO, ChatServer, run_driver
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.browser
 

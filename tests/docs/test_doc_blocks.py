@@ -40,8 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -49,6 +49,9 @@ from docblocks import REPO, RUN, SKIPPED, Block, Kind, all_blocks
 from procs import INTEROP, Lines, free_port, npm_ci, stop
 
 from trio_socketcluster.client import connect
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 BLOCKS = [block for block in all_blocks() if block.kind in SKIPPED or block.kind in RUN]
 PORT_8000 = re.compile(r"(?<!\d)8000(?!\d)")
@@ -231,7 +234,8 @@ def _run_server(block: Block, page: Page, source: str, port: int) -> None:
     assert proc.returncode in (0, 1, -signal.SIGINT, 128 + signal.SIGINT), err
     if proc.returncode == 1:  # Python's KeyboardInterrupt, and nothing else
         errors = re.findall(r"^[\s|+]*(\w+(?:Error|Exception)\b)", err, re.MULTILINE)
-        assert "KeyboardInterrupt" in err and errors == [], err
+        assert "KeyboardInterrupt" in err, err
+        assert errors == [], err
 
 
 def _finish(proc: subprocess.Popen[str], lines: Lines) -> str:

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import trio
 import trio.lowlevel
 
 from trio_socketcluster import Block, Hook, Reply, Server, ServerSocket, SocketClusterError
-from trio_socketcluster.middleware import HandshakeSCRequest
+
+if TYPE_CHECKING:
+    from trio_socketcluster.middleware import HandshakeSCRequest
 
 TOKEN_LIFETIME_S = 3
 RENEW_BEFORE_S = 1.5

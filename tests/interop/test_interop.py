@@ -23,16 +23,18 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from procs import Process, npm_ci, run_json_scripts
+
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.interop
 
@@ -252,9 +254,9 @@ def error_message(error: Any) -> Any:
     """The message of an error as the client saw it: the references send an object
     ``{"message": ...}`` (the client hydrates an Error); a bare string on the wire shows up as
     ``{"string": ...}`` and fails here."""
-    assert isinstance(error, dict) and "message" in error, (
-        f"expected an error object with a message, got {error!r}"
-    )
+    expected = f"expected an error object with a message, got {error!r}"
+    assert isinstance(error, dict), expected
+    assert "message" in error, expected
     return error["message"]
 
 
@@ -262,7 +264,8 @@ def test_connect(run: Run) -> None:
     o = run.obs("connect")
     assert o["idPresent"] is True
     assert o["isAuthenticated"] is False
-    assert isinstance(o["pingTimeout"], int) and o["pingTimeout"] > 8000
+    assert isinstance(o["pingTimeout"], int)
+    assert o["pingTimeout"] > 8000
     assert o["hasAuthErrorKey"] is False
     assert o["authState"] == "unauthenticated"
     assert o["state"] == "open"

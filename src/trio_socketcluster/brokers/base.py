@@ -33,12 +33,13 @@ there).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
-from ..history import HistoryConfig, HistoryPolicy, Publication, RecoverRequest, Recovery
-from ..transport.base import OutboundMessage
+if TYPE_CHECKING:
+    from ..history import HistoryConfig, HistoryPolicy, Publication, RecoverRequest, Recovery
+    from ..transport.base import OutboundMessage
 
 __all__ = [
     "Broker",

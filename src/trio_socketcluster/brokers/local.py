@@ -16,8 +16,7 @@ restart loses the history, and recovering clients get ``recovered: false``.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -31,7 +30,11 @@ from ..history import (
 )
 from ..protocol.codec import encode, publish_bytes
 from ..transport.base import OutboundMessage
-from .base import Subscriber
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .base import Subscriber
 
 __all__ = ["LocalBroker", "publication_bytes"]
 

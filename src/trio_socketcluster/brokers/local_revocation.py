@@ -8,8 +8,7 @@ Nothing runs in the background: expired entries are pruned on every revocation a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentsError, InvalidOptionsError
 from ..revocation import (
@@ -23,6 +22,9 @@ from ..revocation import (
     UserRevoked,
     jti_forget_at,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 __all__ = ["LocalRevocationStore", "notify"]
 

@@ -57,7 +57,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import anyio
@@ -81,9 +81,11 @@ from ..history import (
 )
 from ..protocol.codec import encode, publish_bytes
 from ..transport.base import OutboundMessage
-from .base import Subscriber
 from .local import LocalBroker, publication_bytes
 from .redis_history import RedisHistory, decode_frame
+
+if TYPE_CHECKING:
+    from .base import Subscriber
 
 __all__ = ["CLUSTER_KEY_ENV", "BrokerStats", "RedisBroker", "derive_bus_key"]
 

@@ -34,13 +34,15 @@ broker signs and checks.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
-from typing import Any, Final
-
-import coredis
+from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import InvalidOptionsError
 from ..history import HistoryPolicy, Publication, RecoverRequest, Recovery
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import coredis
 
 __all__ = ["FRAME_PREFIX", "RedisHistory", "decode_frame"]
 

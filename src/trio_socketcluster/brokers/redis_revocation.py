@@ -38,8 +38,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import anyio
@@ -62,6 +61,9 @@ from ..revocation import (
     user_of,
 )
 from .local_revocation import check_ttl, notify
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 __all__ = ["RedisRevocationStore"]
 

@@ -951,7 +951,7 @@ class Client:
                         stream = await self._stream_factory()
                         ws = await trio_websocket.wrap_client_stream(
                             nursery,
-                            cast(Any, stream),
+                            cast("Any", stream),
                             self.host,
                             self.resource,
                             extra_headers=self.extra_headers,

@@ -9,8 +9,10 @@ and return the sockets in the order they were indexed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 S = TypeVar("S")
 

@@ -49,12 +49,11 @@ import logging
 import os
 import secrets
 import signal
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import trio
 
@@ -84,7 +83,6 @@ from ..middleware import (
     origin_allowed,
     run_chain_async,
 )
-from ..oidc import ProviderConfig
 from ..protocol import MISSING
 from ..ratelimit import WarningLimiter
 from ..revocation import (
@@ -102,6 +100,11 @@ from ..transport.ws import accept_websocket
 from .http import UPGRADE_REQUIRED, HttpHandler
 from .index import TokenIndex
 from .socket import HandlerEntry, RenewalHook, ServerSocket
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ..oidc import ProviderConfig
 
 __all__ = ["Handler", "Server"]
 

@@ -38,7 +38,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -46,11 +46,8 @@ from .. import errors
 from ..auth import AuthEngine, expiry_of
 from ..brokers.base import Broker, DistributedBroker, HistoryBroker
 from ..brokers.local import publication_bytes
-from ..config import ServerConfig
 from ..errors import dehydrate_error
 from ..history import Catchup, Publication, RecoverRequest, Recovery, parse_recover
-from ..identity import VerifiedToken
-from ..metrics import Metrics
 from ..middleware import (
     UNCHANGED,
     Allowed,
@@ -99,7 +96,6 @@ from ..protocol.codec import (
     set_auth_token_bytes,
 )
 from ..protocol.rules import close_reason
-from ..revocation import Revocation
 from ..transport.base import (
     SLOW_CONSUMER_CLOSE_CODE,
     HandshakeRequest,
@@ -107,6 +103,12 @@ from ..transport.base import (
     Transport,
     TransportClosed,
 )
+
+if TYPE_CHECKING:
+    from ..config import ServerConfig
+    from ..identity import VerifiedToken
+    from ..metrics import Metrics
+    from ..revocation import Revocation
 
 __all__ = ["HandlerEntry", "RenewalHook", "Reply", "ServerSocket", "SocketHost"]
 

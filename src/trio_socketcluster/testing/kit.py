@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 import trio.testing
 
 from ..client import Client, connect_stream
 from ..client.client import collapse_exception_group
-from ..server import Server
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from ..server import Server
 
 __all__ = ["open_test_client", "open_test_clients"]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from trio_websocket import (
@@ -37,7 +37,9 @@ from trio_websocket import (
 
 from ._common import ClosedBy, OutboundTransport, State, sendable_code, truncate_reason
 from .base import HandshakeRequest, OutboundMessage, UpgradeCheck
-from .frames import Message
+
+if TYPE_CHECKING:
+    from .frames import Message
 
 __all__ = ["TrioWebsocketTransport", "accept_trio_websocket"]
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -68,6 +68,9 @@ from .upgrade import (
     is_upgrade,
     refusal,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 __all__ = ["WsprotoTransport", "accept_websocket"]
 
