@@ -16,6 +16,13 @@ frame, wsproto for the rest). It implements the ``Transport`` interface of
   ``flush`` returns at once and the running one loops until both buffers are empty.
   ``run_writer`` flushes whenever something is queued; the core may also call ``flush``
   itself after dispatching a read.
+* **A write that fits is not awaited.** On a TCP ``trio.SocketStream`` a flush first hands
+  everything queued to the kernel with one non-blocking ``os.write`` on the socket's file
+  descriptor: when the socket's send buffer takes it all (almost always), the write costs one
+  system call and no trip through the scheduler (``send_all`` is two checkpoints, a cancel
+  scope and a conflict detector). What the kernel does not take stays queued, in front, for
+  ``send_all``, as does everything after an error (``send_all`` meets it again and the stream
+  is closed there). Such a flush is not a checkpoint: the reader's next ``receive`` is.
 * **Frames built once.** ``OutboundMessage.frame`` is computed on first use and the same
   ``bytes`` are appended to every receiver's buffer.
 
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import TYPE_CHECKING
 
 import trio
@@ -95,6 +103,7 @@ class WsprotoTransport(OutboundTransport):
         "_prio",
         "_reader",
         "_receiving",
+        "_socket",
         "_stream",
         "_stream_closed",
         "_unprocessed",
@@ -117,6 +126,10 @@ class WsprotoTransport(OutboundTransport):
             request, max_buffer_bytes=max_buffer_bytes, close_timeout_s=close_timeout_s
         )
         self._stream = stream
+        # The socket for the synchronous write (module docstring); its fileno() is -1 once
+        # the stream is closed, so a closed stream's number (reused by a new connection) is
+        # never written to.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._reader = FrameReader(
             max_message_bytes=max_message_bytes, fast_path=self._FAST_PATH, buffered=trailing_data
         )
@@ -261,6 +274,8 @@ class WsprotoTransport(OutboundTransport):
         (``receive`` raises ``TransportClosed(1006)``). Cancellation in the middle of a write
         also closes the stream: a half-written frame cannot be resumed.
         """
+        if self._write_now():
+            return
         if self._send_deadline == math.inf:
             await self._flush(None)  # no cancel scope per write: ``run_writer`` bounds it
         else:
@@ -281,8 +296,41 @@ class WsprotoTransport(OutboundTransport):
             if self._sending:
                 if self._abort_after_flush:
                     await self._bound_write_in_flight()
-            elif self._prio or self._buf:
+            elif (self._prio or self._buf) and not self._write_now():
                 await self._bounded_flush()
+
+    def _write_now(self) -> bool:
+        """Hand everything queued to the kernel in one non-blocking write, if the socket
+        takes it all (see the module docstring). Returns whether nothing is left queued;
+        otherwise what was not written (all of it, after an error) is queued in front.
+
+        Only while open, with no write in flight, on a TCP socket stream.
+        """
+        sock = self._socket
+        if sock is None or self._sending or self._close.state is not _OPEN:
+            return False
+        fd = sock.fileno()
+        if fd < 0:
+            return False
+        data = self._prio
+        if data:
+            self._prio = bytearray()
+            if self._buf:
+                data += self._buf
+                self._buf = bytearray()
+        elif self._buf:
+            data = self._buf
+            self._buf = bytearray()
+        else:
+            return True
+        try:
+            written = os.write(fd, data)
+        except OSError:  # EAGAIN, or a broken connection: send_all decides
+            written = 0
+        if written == len(data):
+            return True
+        self._prio = data if not written else bytearray(memoryview(data)[written:])
+        return False
 
     async def _bounded_flush(self) -> None:
         with trio.CancelScope() as scope:  # only around real writes: 5 us each
