@@ -27,12 +27,12 @@ Capabilities beyond ``Broker`` are explicit, runtime-checkable protocols (checke
 A subscriber is anything with ``deliver(channel, data, message, publication=None)``, where
 ``message`` is the ``#publish`` packet already encoded once for all receivers and
 ``publication`` its offset and epoch on a channel with history (the broker passes it only
-there).
+there). A ``GroupSubscriber`` class also takes a whole fan-out in one ``deliver_all`` call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
@@ -46,6 +46,7 @@ __all__ = [
     "CommandHandler",
     "DistributedBroker",
     "FlushingBroker",
+    "GroupSubscriber",
     "HistoryBroker",
     "ObservableBroker",
     "RunnableBroker",
@@ -59,6 +60,25 @@ CommandHandler = Callable[[str, Mapping[str, Any]], Any]
 class Subscriber(Protocol):
     def deliver(
         self,
+        channel: str,
+        data: Any,
+        message: OutboundMessage,
+        publication: Publication | None = None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class GroupSubscriber(Protocol):
+    """A subscriber whose class takes a whole fan-out in one call (``ServerSocket``): what
+    every delivery of one publish shares (the publish-out chain, the clock reading) is then
+    looked up once, not once per subscriber. ``deliver_all`` must deliver to every subscriber
+    given, in order, including any of another type (through its ``deliver``). A broker checks
+    the first subscriber of a fan-out."""
+
+    @classmethod
+    def deliver_all(
+        cls,
+        subscribers: Sequence[Subscriber],
         channel: str,
         data: Any,
         message: OutboundMessage,

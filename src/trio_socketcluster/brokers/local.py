@@ -30,6 +30,7 @@ from ..history import (
 )
 from ..protocol.codec import encode, publish_bytes
 from ..transport.base import OutboundMessage
+from .base import GroupSubscriber
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,6 +72,7 @@ class LocalBroker:
         new_epoch: Callable[[], str] = _new_epoch,
     ) -> None:
         self._channels: dict[str, dict[Subscriber, None]] = {}
+        self._grouped: dict[type, bool] = {}  # subscriber type -> is a GroupSubscriber
         self._clock = clock
         self._new_epoch = new_epoch
         self._store: MemoryHistory | None = None
@@ -114,11 +116,19 @@ class LocalBroker:
         if not subs:
             return
         self.delivered += len(subs)
-        if publication is None:
-            for sub in tuple(subs):
+        group = tuple(subs)
+        first = group[0]
+        kind = type(first)
+        grouped = self._grouped.get(kind)
+        if grouped is None:  # an isinstance against a protocol costs microseconds: once a type
+            grouped = self._grouped[kind] = isinstance(first, GroupSubscriber)
+        if grouped:
+            kind.deliver_all(group, channel, data, message, publication)  # type: ignore[attr-defined]
+        elif publication is None:
+            for sub in group:
                 sub.deliver(channel, data, message)
         else:
-            for sub in tuple(subs):
+            for sub in group:
                 sub.deliver(channel, data, message, publication)
 
     def subscribers(self, channel: str) -> int:

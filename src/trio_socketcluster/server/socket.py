@@ -36,7 +36,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,7 +44,7 @@ import trio
 
 from .. import errors
 from ..auth import AuthEngine, expiry_of
-from ..brokers.base import Broker, DistributedBroker, HistoryBroker
+from ..brokers.base import Broker, DistributedBroker, HistoryBroker, Subscriber
 from ..brokers.local import publication_bytes
 from ..errors import dehydrate_error
 from ..history import Catchup, Publication, RecoverRequest, Recovery, parse_recover
@@ -590,6 +590,48 @@ class ServerSocket:
         channel's ``Catchup``; after the read, the ``Catchup`` drops the live frames of
         publications the read already delivered, which a distributed broker's pub/sub can
         bring after the read, until the first newer one)."""
+        server = self.server
+        chain = server.middleware.chain(Hook.PUBLISH_OUT)
+        self._deliver(channel, data, message, publication, chain, server.now() if chain else 0.0)
+
+    @classmethod
+    def deliver_all(
+        cls,
+        subscribers: Sequence[Subscriber],
+        channel: str,
+        data: Any,
+        message: OutboundMessage,
+        publication: Publication | None = None,
+    ) -> None:
+        """Broker callback for a whole fan-out (``GroupSubscriber``): ``deliver`` to each, in
+        order, with the publish-out chain looked up and the clock read once per server (every
+        subscriber's request carries the same ``now``); another kind of subscriber gets its
+        own ``deliver``."""
+        server: SocketHost | None = None
+        chain: tuple[Any, ...] = ()
+        now = 0.0
+        for sub in subscribers:
+            if not isinstance(sub, ServerSocket):
+                if publication is None:
+                    sub.deliver(channel, data, message)
+                else:
+                    sub.deliver(channel, data, message, publication)
+                continue
+            if sub.server is not server:
+                server = sub.server
+                chain = server.middleware.chain(Hook.PUBLISH_OUT)
+                now = server.now() if chain else 0.0
+            sub._deliver(channel, data, message, publication, chain, now)
+
+    def _deliver(
+        self,
+        channel: str,
+        data: Any,
+        message: OutboundMessage,
+        publication: Publication | None,
+        chain: tuple[Any, ...],
+        now: float,
+    ) -> None:
         if publication is not None and self._catchups:
             catchup = self._catchups.get(channel)
             if catchup is not None:
@@ -598,16 +640,16 @@ class ServerSocket:
                 # Past the read (live() only delivers once caught up, and then exactly this
                 # publication): the broker delivers in offset order, nothing older follows.
                 del self._catchups[channel]
-        chain = self.server.middleware.chain(Hook.PUBLISH_OUT)
         if not chain:
             self._transport.send(message)
             return
         request = PublishOutRequest(
-            socket=self, channel=channel, data=data, auth_token=self.auth_token,
-            now=self.server.now(),
-        )  # fmt: skip
+            socket=self, channel=channel, data=data, auth_token=self.auth_token, now=now
+        )
         outcome = start_chain(chain, request)
-        if not isinstance(outcome, Pending):
+        if type(outcome) is Allowed and not outcome.changed:  # the common case, inline
+            self._transport.send(message)
+        elif not isinstance(outcome, Pending):
             self._deliver_outcome(outcome, message, channel, publication)
         elif self._nursery is not None and self._close is None:
             self._nursery.start_soon(self._deliver_async, outcome, channel, message, publication)
