@@ -9,12 +9,15 @@ of its own holding
   ``match`` on its type: middleware, handler, broker, reply), then flushes the replies with one
   write;
 * the transport's **writer** task (flushes data queued by other tasks: publishes, pings);
-* the **handshake** task: closes with 4005 if no ``#handshake`` arrives in time; once the
-  handshake is accepted the same task is the **heartbeat**: pings every ``ping_interval_s``,
-  closes with 4001 if no pong arrives within ``ping_timeout_s``;
+* the **handshake** task: closes with 4005 if no ``#handshake`` arrives in time, and ends
+  when it arrives;
 * the **token-expiry watcher**: sleeps until the auth token's ``exp`` (on trio's clock) and then
   deauthenticates the socket, sending ``#removeAuthToken`` at once; with ``renew_before_s`` it
-  first asks the application's renewal hook for a fresh token;
+  first asks the application's renewal hook for a fresh token (in a task of its own). Once the
+  handshake is accepted it is also the **heartbeat**: pings every ``ping_interval_s``, closes
+  with 4001 if no pong arrives within ``ping_timeout_s``. One sleep (one cancel scope) until
+  the earliest of the three deadlines: an idle connection holds two parked tasks besides the
+  writer, not three;
 * one task per running **async handler** (at most ``max_concurrent_handlers``; then reading
   pauses), and one per **async middleware chain** on a delivery (publish-out). Plain-function
   handlers and middleware run inline in the dispatch task.
@@ -835,62 +838,51 @@ class ServerSocket:
             )
 
     async def _handshake_task(self) -> None:
-        """Close with 4005 unless ``#handshake`` arrives in time; once the handshake is
-        accepted, become the heartbeat (one task per connection for both). When it ends
-        (cancelled from outside, too), the dispatch task's write in flight gets a deadline."""
-        try:
-            await self._handshake_then_heartbeat()
-        finally:
-            self._bound_write()
-
-    async def _handshake_then_heartbeat(self) -> None:
+        """Close with 4005 unless ``#handshake`` arrives in time; then end (the expiry watcher
+        runs the heartbeat once the handshake is accepted)."""
         event = self._handshake_event
-        if event is not None and not event.is_set():
-            with trio.move_on_after(self.server.config.handshake_timeout_s):
-                await event.wait()
-            if not event.is_set():
-                self.disconnect(4005, "Did not receive #handshake from client before timeout")
-                return
-        if self._handshake_event is not None:  # arrived, not accepted yet: wait for it
-            event = self._handshake_event = trio.Event()
+        if event is None or event.is_set():
+            return
+        with trio.move_on_after(self.server.config.handshake_timeout_s):
             await event.wait()
-        await self._heartbeat()
-
-    async def _heartbeat(self) -> None:
-        cfg = self.server.config
-        interval, timeout = cfg.ping_interval_s, cfg.ping_timeout_s
-        next_ping = trio.current_time() + interval
-        while True:
-            await trio.sleep_until(min(next_ping, self._last_pong + timeout))
-            now = trio.current_time()
-            if now >= self._last_pong + timeout:
-                self.disconnect(4001, "Client pong timed out", notify=False)
-                return
-            if now >= next_ping:
-                self._send_pings()
-                next_ping = now + interval
+        if not event.is_set():
+            self.disconnect(4005, "Did not receive #handshake from client before timeout")
 
     def _send_pings(self) -> None:
         for ping in self._machine.ping_payloads():
             self._send_priority(ping)
 
     def _wake_watcher(self) -> None:
-        """The token changed: the expiry watcher starts over with the new one."""
+        """The token changed (or the handshake was accepted): the watcher starts over."""
         self._token_changed = True
         if self._watch_scope is not None:
             self._watch_scope.cancel()
 
     async def _expiry_watcher(self) -> None:
+        """The token-expiry watcher and, from the accepted handshake on, the heartbeat. When
+        it ends (cancelled from outside, too), the dispatch task's write in flight gets a
+        deadline."""
+        try:
+            await self._watch()
+        finally:
+            self._bound_write()
+
+    async def _watch(self) -> None:
         server = self.server
+        cfg = server.config
+        interval, timeout = cfg.ping_interval_s, cfg.ping_timeout_s
         renewed_for: str | None = None
+        next_ping = math.inf  # the heartbeat starts with the accepted handshake
         while True:
             self._token_changed = False
+            if next_ping == math.inf and self._handshake_event is None:
+                next_ping = trio.current_time() + interval
             exp = expiry_of(self.auth_token)
-            deadline = math.inf
+            token_deadline = math.inf
             renewing = False
             if exp is not None:
                 wall_deadline = exp + server.auth.leeway_s
-                renew_before = server.config.renew_before_s
+                renew_before = cfg.renew_before_s
                 renewing = (
                     renew_before is not None
                     and server.renewal_hook is not None
@@ -899,19 +891,31 @@ class ServerSocket:
                 if renewing:
                     assert renew_before is not None
                     wall_deadline = exp - renew_before
-                deadline = trio.current_time() + (wall_deadline - server.now())
-            # One cancel scope is the whole sleep: its deadline is the token's, and a token
-            # change cancels it (no Event per token).
-            with trio.CancelScope(deadline=deadline) as self._watch_scope:
+                token_deadline = trio.current_time() + (wall_deadline - server.now())
+            pong_deadline = self._last_pong + timeout if next_ping != math.inf else math.inf
+            # One cancel scope is the whole sleep: its deadline is the earliest of the three,
+            # and a token change cancels it (no Event per token).
+            with trio.CancelScope(
+                deadline=min(token_deadline, next_ping, pong_deadline)
+            ) as self._watch_scope:
                 await trio.sleep_forever()
             self._watch_scope = None
             if self._token_changed:
                 continue
-            if renewing:
-                renewed_for = self.signed_auth_token
-                await self._renew()
-            else:
-                self._clear_auth(send_remove=True)
+            now = trio.current_time()
+            if next_ping != math.inf:
+                if now >= self._last_pong + timeout:
+                    self.disconnect(4001, "Client pong timed out", notify=False)
+                    return
+                if now >= next_ping:
+                    self._send_pings()
+                    next_ping = now + interval
+            if now >= token_deadline:
+                if not renewing:
+                    self._clear_auth(send_remove=True)
+                elif self._nursery is not None:
+                    renewed_for = self.signed_auth_token
+                    self._nursery.start_soon(self._renew)  # the heartbeat goes on meanwhile
 
     async def _renew(self) -> None:
         hook = self.server.renewal_hook
@@ -1080,9 +1084,8 @@ class ServerSocket:
             # Probe after the reply: the first pong tells protocol 1 from 2 within one RTT.
             for ping in self._machine.ping_payloads():
                 self._send(ping)
-        accepted, self._handshake_event = self._handshake_event, None
-        if accepted is not None:
-            accepted.set()  # the handshake task becomes the heartbeat
+        self._handshake_event = None
+        self._wake_watcher()  # the watcher starts the heartbeat
         server.emit_listener_event("connection", self)
         for name, *args in held:
             server.emit_listener_event(name, *args)

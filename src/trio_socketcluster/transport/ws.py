@@ -126,9 +126,9 @@ class WsprotoTransport(OutboundTransport):
             request, max_buffer_bytes=max_buffer_bytes, close_timeout_s=close_timeout_s
         )
         self._stream = stream
-        # The socket for the synchronous write (module docstring); its fileno() is -1 once
-        # the stream is closed, so a closed stream's number (reused by a new connection) is
-        # never written to.
+        # The socket for the synchronous write and the direct read (module docstring); its
+        # fileno() is -1 once the stream is closed, so a closed stream's number (reused by a
+        # new connection) is never written to or read from.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._reader = FrameReader(
             max_message_bytes=max_message_bytes, fast_path=self._FAST_PATH, buffered=trailing_data
@@ -183,7 +183,7 @@ class WsprotoTransport(OutboundTransport):
             else:
                 self._receiving = True
                 try:
-                    data = await self._stream.receive_some(_READ_SIZE)
+                    data = await self._receive_some()
                 except _STREAM_ERRORS:
                     data = b""
                 finally:
@@ -196,6 +196,32 @@ class WsprotoTransport(OutboundTransport):
                 self._answer_controls()
             if messages and self._close.state is State.OPEN:
                 return messages
+
+    async def _receive_some(self) -> bytes | bytearray:
+        """One read: ``receive_some(65536)``, or on a TCP socket stream the same done here
+        with ``os.read`` on the socket's file descriptor and ``wait_readable``, with trio's
+        checkpoints (cancellation is checked before the read; after an immediate read the
+        task yields, shielded). An idle connection's reader is then parked in
+        ``wait_readable`` directly: five coroutines and a context manager fewer (about
+        1.5 KB per connection), and no context manager entered per read."""
+        sock = self._socket
+        if sock is None:
+            return await self._stream.receive_some(_READ_SIZE)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the stream was closed")
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
+                continue
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
 
     def _answer_controls(self) -> None:
         """Queue a pong for every ping (while open); pongs need no answer."""
