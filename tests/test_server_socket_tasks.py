@@ -1,5 +1,6 @@
-"""The connection's tasks after the memory work: the handshake task that becomes the
-heartbeat, the expiry watcher's single cancel scope, and the writer's ``Wakeup``.
+"""The connection's tasks after the memory work: the handshake task that ends with the
+handshake, the expiry watcher's single cancel scope (which also times the heartbeat once the
+handshake is accepted), and the writer's ``Wakeup``.
 
 * A handshake that waits (async HANDSHAKE_SC middleware) stops the 4005 timer when it
   arrives; the heartbeat starts only once it is accepted (no ping before the reply), then

@@ -104,10 +104,12 @@ __all__ = [
     "json_size",
     "max_payload_size",
     "origin_allowed",
+    "publish_out_request",
     "rate_limit",
     "run_chain",
     "run_chain_async",
     "start_chain",
+    "start_chain_unless_allowed",
     "token_channels",
     "valid_channel_names",
 ]
@@ -535,6 +537,38 @@ def start_chain(chain: Sequence[Middleware], request: Request) -> Allowed | Bloc
     if not chain:
         return _allowed(original, UNCHANGED, False)
     return _fold(chain, 0, request, original, original, UNCHANGED)
+
+
+def start_chain_unless_allowed(
+    chain: Sequence[Middleware], request: Request
+) -> Allowed | Blocked | Pending | None:
+    """``start_chain`` for a hot path (one publish-out request per delivery): ``None`` when
+    every middleware returned ``None`` (the action goes ahead with the request's own data),
+    else exactly what ``start_chain`` returns. No outcome object is built for the common
+    case; each middleware runs at most once either way."""
+    for index, fn in enumerate(chain):
+        try:
+            verdict = fn(request)
+        except Exception as exc:
+            return _failure_outcome(request.hook, exc)
+        if verdict is not None:
+            original = request.data if request.has_data else None  # type: ignore[union-attr]
+            return _fold(chain, index, request, original, original, UNCHANGED, verdict)
+    return None
+
+
+def publish_out_request(
+    *, socket: Any, channel: str, data: Any, auth_token: Mapping[str, Any] | None, now: float
+) -> PublishOutRequest:
+    """``PublishOutRequest(...)`` built field by field (the generated ``__init__`` of a frozen
+    dataclass costs about 1.7 times as much; one is built per delivery)."""
+    request: PublishOutRequest = _new(PublishOutRequest)
+    _set(request, "socket", socket)
+    _set(request, "channel", channel)
+    _set(request, "data", data)
+    _set(request, "auth_token", auth_token)
+    _set(request, "now", now)
+    return request
 
 
 def run_chain(chain: Sequence[Middleware], request: Request) -> Allowed | Blocked:

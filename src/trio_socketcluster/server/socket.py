@@ -62,10 +62,11 @@ from ..middleware import (
     MiddlewareRegistry,
     Pending,
     PublishInRequest,
-    PublishOutRequest,
     Request,
     SubscribeRequest,
+    publish_out_request,
     start_chain,
+    start_chain_unless_allowed,
 )
 from ..protocol import (
     MISSING,
@@ -646,11 +647,11 @@ class ServerSocket:
         if not chain:
             self._transport.send(message)
             return
-        request = PublishOutRequest(
+        request = publish_out_request(
             socket=self, channel=channel, data=data, auth_token=self.auth_token, now=now
         )
-        outcome = start_chain(chain, request)
-        if type(outcome) is Allowed and not outcome.changed:  # the common case, inline
+        outcome = start_chain_unless_allowed(chain, request)
+        if outcome is None:  # every middleware allowed it unchanged: the common case
             self._transport.send(message)
         elif not isinstance(outcome, Pending):
             self._deliver_outcome(outcome, message, channel, publication)
