@@ -5,17 +5,19 @@ verdict, and a subscriber of another kind in the same channel gets its own ``del
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from trio_socketcluster import Block, Hook, Server
 from trio_socketcluster.brokers.base import GroupSubscriber
-from trio_socketcluster.history import Publication
-from trio_socketcluster.middleware import PublishOutRequest
 from trio_socketcluster.server.socket import ServerSocket
 from trio_socketcluster.testing import open_test_clients
-from trio_socketcluster.transport.base import OutboundMessage
+
+if TYPE_CHECKING:
+    from trio_socketcluster.history import Publication
+    from trio_socketcluster.middleware import PublishOutRequest
+    from trio_socketcluster.transport.base import OutboundMessage
 
 
 class Recorder:

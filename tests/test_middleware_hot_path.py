@@ -79,7 +79,8 @@ def test_unless_allowed_agrees_with_start_chain(kinds: list[str]) -> None:
     assert calls_a == calls_b  # the same middleware ran, each once
     if lean is None:  # every middleware returned None
         assert all(k == "none" for k in kinds)
-        assert isinstance(full, Allowed) and not full.changed
+        assert isinstance(full, Allowed)
+        assert not full.changed
         assert full.ack_data is UNCHANGED
     else:
         assert any(k != "none" for k in kinds)
@@ -90,4 +91,5 @@ def test_publish_out_request_equals_the_constructor() -> None:
     token = {"u": 1}
     fast = publish_out_request(socket="s", channel="c", data=[1], auth_token=token, now=2.5)
     assert fast == PublishOutRequest(socket="s", channel="c", data=[1], auth_token=token, now=2.5)
-    assert type(fast) is PublishOutRequest and fast.hook is PublishOutRequest.hook
+    assert type(fast) is PublishOutRequest
+    assert fast.hook is PublishOutRequest.hook

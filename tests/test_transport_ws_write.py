@@ -5,8 +5,8 @@ real TCP on 127.0.0.1: what fits goes out without a checkpoint; what does not is
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import trio
 import trio.testing
@@ -14,6 +14,9 @@ from test_transport_ws import connected
 
 from trio_socketcluster.transport.base import OutboundMessage, build_text_frame
 from trio_socketcluster.transport.ws import WsprotoTransport
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 @asynccontextmanager
