@@ -107,13 +107,21 @@ TARGETS: dict[str, tuple[list[str], dict[str, str]]] = {
         {"TRIO_SOCKETCLUSTER_AUTH_KEY": AUTH_KEY},
     ),
 }
+#: ``BENCH_BASELINE_SRC=<dir>`` adds **py-base**: py-ws importing the package from ``<dir>``
+#: (e.g. ``git archive <commit> src | tar -x -C /tmp/base`` then ``/tmp/base/src``), so that a
+#: change is measured against its parent in the same run, interleaved.
+if os.environ.get("BENCH_BASELINE_SRC"):
+    TARGETS["py-base"] = (
+        TARGETS["py-ws"][0],
+        {"TRANSPORT": "ws", "PYTHONPATH": os.environ["BENCH_BASELINE_SRC"]},
+    )
 #: Targets using both cores: the server processes (launcher, workers, redis-server) and the
 #: load generator all run unpinned on CPUs 0-1, so the load generator shares the cores with
 #: the workers; their "server CPU %" is the sum over those processes (200 % = both cores).
 MULTI_CORE = ("py-w1", "py-w2")
 ALL_CPUS = "0,1"
 DEFAULT_TARGETS = "bare-ws,bare-tws,py-ws,py-tws,node14,node19"  # py-w1,py-w2 on request
-OURS = ("py-ws", "py-tws")
+OURS = ("py-ws", "py-tws", "py-base")
 NODES = ("node14", "node19")
 #: our target -> its transport's floor; ratios to it are shown for FLOOR_WORKLOADS only (the
 #: bare servers skip JWT work and all middleware, so authrpc/handshake would compare unlike work)
@@ -126,6 +134,8 @@ def ratio_pairs(targets: list[str], workload: str) -> list[tuple[str, str]]:
     pairs = [(o, n) for o in targets if o in OURS for n in targets if n in NODES]
     if workload in FLOOR_WORKLOADS:
         pairs += [(o, FLOORS[o]) for o in targets if o in FLOORS and FLOORS[o] in targets]
+    if "py-ws" in targets and "py-base" in targets:
+        pairs.append(("py-ws", "py-base"))  # the change against its parent
     return pairs
 
 
@@ -556,6 +566,8 @@ def table(summary: dict[str, Any], targets: list[str], workloads: list[str]) -> 
     pairs = {p for name in workloads for p in ratio_pairs(targets, name)}
     ratio_cols = [f"{o}/{n}" for o in targets if o in OURS for n in targets if n in NODES]
     ratio_cols += [f"{o}/{FLOORS[o]}" for o in targets if (o, FLOORS.get(o)) in pairs]
+    if ("py-ws", "py-base") in pairs:
+        ratio_cols.append("py-ws/py-base")
     cols = targets + ratio_cols
     out = ["| workload | metric | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
     for name in workloads:
