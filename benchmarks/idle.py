@@ -100,9 +100,29 @@ def invoke_round(
     }
 
 
+#: Runs a Python target with ``gc.set_threshold(*thresholds)`` applied first (argv[1]).
+GC_WRAPPER = (
+    "import gc, runpy, sys; gc.set_threshold(*map(int, sys.argv[1].split(','))); "
+    "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def target_for(args: argparse.Namespace) -> str:
+    """The run.py target to start: ``--target``, or with ``--gc-threshold`` the same Python
+    server started through ``GC_WRAPPER`` (registered as ``<target>+gc``)."""
+    if not args.gc_threshold:
+        return args.target
+    argv, env = run.TARGETS[args.target]
+    if argv[0] != run.PYTHON:
+        raise SystemExit("--gc-threshold applies to the Python targets only")
+    name = f"{args.target}+gc"
+    run.TARGETS[name] = ([run.PYTHON, "-c", GC_WRAPPER, args.gc_threshold, *argv[1:]], env)
+    return name
+
+
 def run_count(n: int, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
     processes = math.ceil(n / args.per_process)
-    server, port = run.start_server(args.target, logdir)
+    server, port = run.start_server(target_for(args), logdir)
     lgs: list[run.Proc] = []
     result: dict[str, Any] = {"connections": n, "load_generators": processes}
     try:
@@ -206,6 +226,10 @@ def main() -> int:
     ap.add_argument("--spread-s", type=float, default=10.0, help="the paced round's length")
     ap.add_argument("--drain-s", type=float, default=60.0, help="wait for replies at most")
     ap.add_argument("--open-timeout-s", type=float, default=300.0)
+    ap.add_argument(
+        "--gc-threshold",
+        help="start the (Python) server with gc.set_threshold(A, B, C) first, e.g. 100000,20,10",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     counts = [int(x) for x in args.connections.split(",") if x]

@@ -96,11 +96,13 @@ def test_idle_crowd_answers_both_rounds(tmp_path: Path) -> None:
     out = tmp_path / "idle.json"
     proc = _run(
         [str(BENCH / "idle.py"), "--connections", "60", "--per-process", "40", "--idle-s", "1",
-         "--spread-s", "0.5", "--out", str(out)],
+         "--spread-s", "0.5", "--gc-threshold", "50000,20,10", "--out", str(out)],
         timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (result,) = json.loads(out.read_text())["results"]
+    data = json.loads(out.read_text())
+    assert data["config"]["gc_threshold"] == "50000,20,10"
+    (result,) = data["results"]
     assert result["load_generators"] == 2  # 40 + 20, from 127.0.0.2 and 127.0.0.3
     assert result["open"] == result["still_open"] == 60
     for name in ("burst", "paced"):
