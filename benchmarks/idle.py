@@ -100,23 +100,16 @@ def invoke_round(
     }
 
 
-#: Runs a Python target with ``gc.set_threshold(*thresholds)`` applied first (argv[1]).
-GC_WRAPPER = (
-    "import gc, runpy, sys; gc.set_threshold(*map(int, sys.argv[1].split(','))); "
-    "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-)
-
-
 def target_for(args: argparse.Namespace) -> str:
     """The run.py target to start: ``--target``, or with ``--gc-threshold`` the same Python
-    server started through ``GC_WRAPPER`` (registered as ``<target>+gc``)."""
+    server started through ``run.GC_WRAPPER`` (registered as ``<target>+gc``)."""
     if not args.gc_threshold:
         return args.target
     argv, env = run.TARGETS[args.target]
     if argv[0] != run.PYTHON:
         raise SystemExit("--gc-threshold applies to the Python targets only")
     name = f"{args.target}+gc"
-    run.TARGETS[name] = ([run.PYTHON, "-c", GC_WRAPPER, args.gc_threshold, *argv[1:]], env)
+    run.TARGETS[name] = ([run.PYTHON, "-c", run.GC_WRAPPER, args.gc_threshold, *argv[1:]], env)
     return name
 
 

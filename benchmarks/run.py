@@ -107,6 +107,19 @@ TARGETS: dict[str, tuple[list[str], dict[str, str]]] = {
         {"TRIO_SOCKETCLUSTER_AUTH_KEY": AUTH_KEY},
     ),
 }
+#: Runs a Python target with ``gc.set_threshold(*thresholds)`` applied first (argv[1]).
+GC_WRAPPER = (
+    "import gc, runpy, sys; gc.set_threshold(*map(int, sys.argv[1].split(','))); "
+    "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+#: py-ws with CPython's collector tuned (see docs/benchmarks.md, *Idle connections*): young
+#: collections every 100,000 allocations instead of 700, so that far fewer objects are promoted
+#: and the full collections, which walk every object of every connection, almost never run.
+GC_TUNED = "100000,20,10"
+TARGETS["py-ws-gc"] = (
+    [PYTHON, "-c", GC_WRAPPER, GC_TUNED, str(ROOT / "examples" / "conformance_app.py")],
+    {"TRANSPORT": "ws"},
+)
 #: ``BENCH_BASELINE_SRC=<dir>`` adds **py-base**: py-ws importing the package from ``<dir>``
 #: (e.g. ``git archive <commit> src | tar -x -C /tmp/base`` then ``/tmp/base/src``), so that a
 #: change is measured against its parent in the same run, interleaved.
@@ -121,7 +134,7 @@ if os.environ.get("BENCH_BASELINE_SRC"):
 MULTI_CORE = ("py-w1", "py-w2")
 ALL_CPUS = "0,1"
 DEFAULT_TARGETS = "bare-ws,bare-tws,py-ws,py-tws,node14,node19"  # py-w1,py-w2 on request
-OURS = ("py-ws", "py-tws", "py-base")
+OURS = ("py-ws", "py-tws", "py-base", "py-ws-gc")
 NODES = ("node14", "node19")
 #: our target -> its transport's floor; ratios to it are shown for FLOOR_WORKLOADS only (the
 #: bare servers skip JWT work and all middleware, so authrpc/handshake would compare unlike work)
