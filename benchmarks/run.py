@@ -121,7 +121,7 @@ TARGETS["py-ws-gc"] = (
     {"TRANSPORT": "ws"},
 )
 #: ``BENCH_BASELINE_SRC=<dir>`` adds **py-base**: py-ws importing the package from ``<dir>``
-#: (e.g. ``git archive <commit> src | tar -x -C /tmp/base`` then ``/tmp/base/src``), so that a
+#: (e.g. ``git archive <commit> src | tar -x -C <base>``, then ``<base>/src``), so that a
 #: change is measured against its parent in the same run, interleaved.
 if os.environ.get("BENCH_BASELINE_SRC"):
     TARGETS["py-base"] = (
