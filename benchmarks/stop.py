@@ -47,7 +47,7 @@ def run(count: int, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
     argv = [PYTHON, "-m", "trio_socketcluster", "serve", "benchmarks.stop_app:make_server"]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     env = {
-        "PYTHONPATH": str(ROOT / "src"),
+        "PYTHONPATH": str(args.src),
         "TRIO_SOCKETCLUSTER_AUTH_KEY": AUTH_KEY,
         "STOP_SHUTDOWN_TIMEOUT_S": str(args.shutdown_timeout),
     }
@@ -95,6 +95,7 @@ def run(count: int, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
             publish=args.publish,
             stall=args.stall,
             shutdown_timeout_s=args.shutdown_timeout,
+            src=str(args.src),
         )
         codes = result.get("codes", {})
         result["ok"] = (
@@ -119,6 +120,10 @@ def main() -> int:
         help="clients stop reading at the stop (until the server exited): the deadline cuts in",
     )  # fmt: skip
     ap.add_argument("--shutdown-timeout", type=float, default=5.0, help="the server's, in s")
+    ap.add_argument(
+        "--src", type=Path, default=ROOT / "src",
+        help="the trio_socketcluster sources to serve (another checkout's, to compare)",
+    )  # fmt: skip
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--deadline", type=float, default=60.0, help="seconds to wait for the exit")
     ap.add_argument("--profile", type=Path, help="py-spy: collapsed stacks of the stop")
