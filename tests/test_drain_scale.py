@@ -21,10 +21,13 @@ import contextlib
 import gc
 import json
 import struct
+from functools import partial
 
 import pytest
 import trio
 from conftest import make_server
+
+from trio_socketcluster.server.server import _GcPause
 
 SOCKETS = 2000
 SHUTDOWN_TIMEOUT_S = 2.0
@@ -132,6 +135,8 @@ async def test_cancelled_serve_with_2000_sockets_returns_by_the_deadline(
     returned = trio.Event()
     clients: list[Client] = []
     gc_was_enabled = gc.isenabled()
+    collector_at_close: list[bool] = []
+    server.on("disconnection")(lambda *_: collector_at_close.append(gc.isenabled()))
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
 
@@ -148,7 +153,7 @@ async def test_cancelled_serve_with_2000_sockets_returns_by_the_deadline(
             if clients_read:
                 async with trio.open_nursery() as readers:
                     for client in clients:
-                        readers.start_soon(lambda c=client: c.read_to_close(echo=True))
+                        readers.start_soon(partial(client.read_to_close, echo=True))
                 await returned.wait()
             else:
                 await returned.wait()
@@ -158,6 +163,7 @@ async def test_cancelled_serve_with_2000_sockets_returns_by_the_deadline(
             for client in clients:
                 await client.stream.aclose()
     assert gc.isenabled() == gc_was_enabled  # the drain's pause of the collector ended
+    assert collector_at_close == [False] * SOCKETS  # and it was paused while they closed
     assert server.client_count == 0
     codes = [client.close_code for client in clients]
     assert codes == [1001] * SOCKETS
@@ -167,3 +173,22 @@ async def test_cancelled_serve_with_2000_sockets_returns_by_the_deadline(
         assert SHUTDOWN_TIMEOUT_S <= elapsed < SHUTDOWN_TIMEOUT_S + MARGIN_S, (
             f"serve returned {elapsed:.2f} s after the cancel"
         )
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_the_collector_pause_ends_with_the_last_drain(enabled_before: bool) -> None:
+    """Two servers draining together: the collector stays paused until both have ended, then
+    is as it was before (a collector the application disabled stays disabled)."""
+    was = gc.isenabled()
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        with _GcPause() as first, _GcPause() as second:
+            first.start()
+            second.start()
+            second.start()  # idempotent
+            assert not gc.isenabled()
+            first.__exit__(None, None, None)
+            assert not gc.isenabled()  # the second still drains
+        assert gc.isenabled() == enabled_before
+    finally:
+        (gc.enable if was else gc.disable)()

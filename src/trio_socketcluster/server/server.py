@@ -27,7 +27,8 @@ accepting; every socket stops reading (nothing new is acknowledged from then on)
 is already queued (every publication acknowledged before that moment, to every local
 subscriber), then closes with 1001 "Server is shutting down"; a broker with an outbound queue
 (``FlushingBroker``: Redis) writes it out; the broker stops once every connection has ended.
-Whatever still runs at ``shutdown_timeout_s`` after the start is cancelled.
+Whatever still runs at ``shutdown_timeout_s`` after the start is cancelled. Python's cyclic
+garbage collector is paused from the start of the drain until ``serve`` returns (``_GcPause``).
 
 Registrations: handlers for custom events (``@server.handler("login")``), middleware
 (``@server.middleware(Hook.PUBLISH_IN)``), listeners for socket lifecycle events
