@@ -295,11 +295,14 @@ $('message-form').addEventListener('submit', async (event) => {
   const text = input.value.trim();
   if (!text || !state.current) return;
   $('send-error').textContent = '';
+  // Cleared at once, not after the acknowledgement: whatever is typed while this message is
+  // in flight is the next message, never wiped by this one's ack.
+  input.value = '';
   try {
     await socket.invokePublish(state.current, { text });
-    input.value = '';
   } catch (err) {
     $('send-error').textContent = err?.message || String(err);
+    if (!input.value) input.value = text;  // give the failed message back to retry
   }
 });
 
