@@ -289,10 +289,16 @@ class Proc:
     """A child process whose stdout lines arrive on a queue."""
 
     def __init__(
-        self, argv: list[str], env: dict[str, str], log: Path, stdin: bool = False
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        log: Path,
+        stdin: bool = False,
+        *,
+        append: bool = False,
     ) -> None:
         self.log = log
-        self._err = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self._err = open(log, "ab" if append else "wb")  # noqa: SIM115 - closed in stop()
         self.p = subprocess.Popen(
             argv,
             env={**os.environ, **env},
@@ -317,11 +323,24 @@ class Proc:
         except queue.Empty:
             raise TimeoutError(f"no output within {timeout}s; see {self.log}") from None
 
-    def stop(self) -> int | None:
+    def wait_for(self, prefix: str, timeout: float) -> str:
+        """The first stdout line starting with ``prefix`` (earlier lines are dropped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"no {prefix!r} within {timeout}s; see {self.log}") from None
+            if line is None:
+                raise RuntimeError(f"exited (status {self.p.wait()}) before {prefix!r}")
+            if line.startswith(prefix):
+                return line
+
+    def stop(self, timeout: float = 15) -> int | None:
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGTERM)
             try:
-                self.p.wait(15)
+                self.p.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()

@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import queue
 import resource
 import socket
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from run import Proc  # benchmarks/run.py: a child process with its stdout lines on a queue
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "benchmarks" / "node"
@@ -48,55 +46,6 @@ RETRY = {
     "stock": {"initial_ms": 10_000, "randomness_ms": 10_000, "multiplier": 1.5, "max_ms": 60_000},
     "fast": {"initial_ms": 250, "randomness_ms": 250, "multiplier": 1.5, "max_ms": 5_000},
 }
-
-
-class Proc:
-    """A child process whose stdout lines arrive on a queue; stderr goes to a log file."""
-
-    def __init__(
-        self, argv: list[str], env: dict[str, str], log: Path, stdin: bool = False
-    ) -> None:
-        self._err = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.p = subprocess.Popen(
-            argv,
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def wait_for(self, prefix: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise TimeoutError(f"no {prefix!r} within {timeout}s") from None
-            if line is None:
-                raise RuntimeError(f"exited (status {self.p.wait()}) before {prefix!r}")
-            if line.startswith(prefix):
-                return line
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self._err.close()
-        return self.p.returncode
 
 
 def server_argv(target: str, port: int, rate: float, burst: int) -> tuple[list[str], str]:
@@ -191,7 +140,7 @@ def run(target: str, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
     try:
         clients.wait_for("CONNECTED", 600)
         t_stop = time.monotonic()
-        code = server.stop()
+        code = server.stop(30)
         t_down = time.monotonic()
         server = start_server(target, port, args, logdir / f"server-{target}.log")
         t_up = time.monotonic()
