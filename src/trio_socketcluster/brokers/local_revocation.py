@@ -26,7 +26,7 @@ from ..revocation import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-__all__ = ["LocalRevocationStore", "notify"]
+__all__ = ["LocalRevocationStore", "TableStore", "notify"]
 
 
 def notify(listeners: list[RevocationListener], event: RevocationEvent) -> None:
@@ -47,13 +47,11 @@ def check_ttl(ttl_s: float) -> None:
         raise InvalidArgumentsError("ttl_s must be a positive number of seconds")
 
 
-class LocalRevocationStore:
-    """A ``RevocationStore`` in this process's memory.
-
-    ``clock`` gives seconds since the epoch (the server passes ``Server.now``, which follows
-    trio's clock); ``leeway_s`` is the verifier's clock tolerance; ``user_claim`` names the
-    claim that identifies a user for watermarks.
-    """
+class TableStore:
+    """What every store shares: the local revocation table, the clock, the issue stamps and
+    the listeners. ``clock`` gives seconds since the epoch (the server passes
+    ``Server.now``, which follows trio's clock); ``leeway_s`` is the verifier's clock
+    tolerance; ``user_claim`` names the claim that identifies a user for watermarks."""
 
     def __init__(
         self,
@@ -76,6 +74,27 @@ class LocalRevocationStore:
 
     def issue_stamp(self) -> int:
         return self._stamps.stamp(self._clock())
+
+    def listen(self, listener: RevocationListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
+
+    def _apply(self, event: RevocationEvent) -> RevocationEvent:
+        """Merge ``event`` into the local table and tell the listeners (this process)."""
+        self.table.prune(self._clock())
+        merged, _ = self.table.apply(event)
+        notify(self._listeners, merged)
+        return merged
+
+
+class LocalRevocationStore(TableStore):
+    """A ``RevocationStore`` in this process's memory (``clock``, ``leeway_s``,
+    ``user_claim`` as for ``TableStore``)."""
 
     async def revoke_jti(self, jti: str, exp: float | None) -> JtiRevoked:
         """Refuse the token ``jti`` until ``exp + leeway_s``; listeners hear of it at once.
@@ -109,18 +128,3 @@ class LocalRevocationStore:
         now = self._clock()
         self.table.prune(now)
         return self.table.check(claims, now)
-
-    def listen(self, listener: RevocationListener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def remove() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return remove
-
-    def _apply(self, event: RevocationEvent) -> RevocationEvent:
-        self.table.prune(self._clock())
-        merged, _ = self.table.apply(event)
-        notify(self._listeners, merged)
-        return merged

@@ -50,17 +50,14 @@ import trio
 from ..errors import BrokerError, InvalidArgumentsError, InvalidOptionsError
 from ..revocation import (
     DEFAULT_USER_CLAIM,
-    IssueClock,
     JtiRevoked,
     Revocation,
     RevocationEvent,
-    RevocationList,
-    RevocationListener,
     UserRevoked,
     jti_forget_at,
     user_of,
 )
-from .local_revocation import check_ttl, notify
+from .local_revocation import TableStore, check_ttl, notify
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -129,7 +126,7 @@ def _forget_from(raw: bytes) -> float | None:
     return None if raw == _NEVER else int(raw) / 1000
 
 
-class RedisRevocationStore:
+class RedisRevocationStore(TableStore):
     """A ``RevocationStore`` in Redis, with a local mirror kept current over pub/sub.
 
     ``RedisRevocationStore(client, prefix=...)`` takes a ``coredis.Redis[bytes]`` (give it
@@ -151,23 +148,17 @@ class RedisRevocationStore:
         reconnect_min_s: float = 0.05,
         reconnect_max_s: float = 5.0,
     ) -> None:
-        if not isinstance(leeway_s, int | float) or not leeway_s >= 0:
-            raise InvalidOptionsError("leeway_s must be a number >= 0")
+        super().__init__(clock=clock, leeway_s=leeway_s, user_claim=user_claim)
         if not timeout_s > 0:
             raise InvalidOptionsError("timeout_s must be > 0")
-        self.table = RevocationList(user_claim=user_claim)
         self._client = client
         self._prefix = _encode(prefix)
         self._jti_prefix = self._prefix + b"rv:j:"
         self._user_prefix = self._prefix + b"rv:u:"
         self._channel = self._prefix + b"rv"
-        self._clock = clock
-        self._leeway_s = float(leeway_s)
         self._fail_closed = fail_closed
         self._timeout_s = timeout_s
         self._reconnect = (reconnect_min_s, reconnect_max_s)
-        self._stamps = IssueClock()
-        self._listeners: list[RevocationListener] = []
         self._synced = False
         self._synced_changed = trio.Event()
 
@@ -191,10 +182,6 @@ class RedisRevocationStore:
     # ------------------------------------------------------------------ RevocationStore
 
     @property
-    def leeway_s(self) -> float:
-        return self._leeway_s
-
-    @property
     def synced(self) -> bool:
         """Whether the mirror is complete and kept current (``check`` needs no Redis)."""
         return self._synced
@@ -203,9 +190,6 @@ class RedisRevocationStore:
         """Return once the mirror is complete and subscribed."""
         while not self._synced:
             await self._synced_changed.wait()
-
-    def issue_stamp(self) -> int:
-        return self._stamps.stamp(self._clock())
 
     async def revoke_jti(self, jti: str, exp: float | None) -> JtiRevoked:
         """Refuse the token ``jti`` on every worker until ``exp + leeway_s``.
@@ -217,7 +201,7 @@ class RedisRevocationStore:
         if not isinstance(jti, str):
             raise InvalidArgumentsError("jti must be a string")
         event = JtiRevoked(jti=jti, forget_at=jti_forget_at(exp, self._leeway_s))
-        merged = self._apply_local(event)
+        merged = self._apply(event)
         forget = _NEVER if event.forget_at is None else b"%d" % _ms(event.forget_at)
         await self._write(
             _REVOKE_JTI, self._jti_prefix + _encode(jti), [forget, self._channel, _encode(jti)]
@@ -241,7 +225,7 @@ class RedisRevocationStore:
             user=user, before_us=before, forget_at=forget_ms / 1000,
             user_claim=self.table.user_claim,
         )  # fmt: skip
-        merged = self._apply_local(event)
+        merged = self._apply(event)
         await self._write(
             _REVOKE_USER,
             self._user_prefix + _encode(user),
@@ -282,22 +266,7 @@ class RedisRevocationStore:
                 self._apply_entry(key, value)
         return table.check(claims, now)
 
-    def listen(self, listener: RevocationListener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def remove() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return remove
-
     # ------------------------------------------------------------------ internals
-
-    def _apply_local(self, event: RevocationEvent) -> RevocationEvent:
-        self.table.prune(self._clock())
-        merged, _ = self.table.apply(event)
-        notify(self._listeners, merged)
-        return merged
 
     def _apply_remote(self, event: RevocationEvent) -> None:
         merged, changed = self.table.apply(event)
