@@ -1,5 +1,5 @@
 'use strict';
-// The conformance application (docs: /work/shared/spec/conformance-app.md) written on the public
+// The conformance application (its contract: docs/conformance.md) written on the public
 // API of socketcluster-server 19.x (protocol 2). It is the reference the interop scenarios are
 // validated against, and the Node opponent in the benchmarks.
 //

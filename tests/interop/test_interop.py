@@ -1,5 +1,5 @@
 """Interop tests: the real npm ``socketcluster-client`` (v14 = protocol 1, v20 = protocol 2)
-against the conformance application (see ``/work/shared/spec/conformance-app.md``).
+against the conformance application (its contract: ``docs/conformance.md``).
 
 Which server is tested is chosen with the ``SC_INTEROP_SERVER`` environment variable:
 
