@@ -5,20 +5,7 @@
 //   node cluster.js pubsub '{"subMajor":14,"pubMajor":20,"subUrl":"ws://..","pubUrl":"ws://..","count":500}'
 //   node cluster.js deauth '{"urls":["ws://..","ws://.."]}'
 
-const crypto = require('crypto');
-
-const [, , scenario, argsJson] = process.argv;
-const ARGS = JSON.parse(argsJson || '{}');
-const TAG = crypto.randomBytes(6).toString('hex');
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const guard = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), ms);
-  });
-  return Promise.race([promise, guard]).finally(() => clearTimeout(timer));
-}
+const { scenario, ARGS, TAG, sleep, withTimeout } = require('./common');
 
 class Client {
   constructor(major, url) {

@@ -9,20 +9,7 @@
 //   node tokens.js logout|renew|transmit '{"urls":[...]}'
 //   node tokens.js oidc '{"urls":[...],"token":"..."}'
 
-const crypto = require('crypto');
-
-const [, , scenario, argsJson] = process.argv;
-const ARGS = JSON.parse(argsJson || '{}');
-const TAG = crypto.randomBytes(6).toString('hex');
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const guard = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), ms);
-  });
-  return Promise.race([promise, guard]).finally(() => clearTimeout(timer));
-}
+const { scenario, ARGS, TAG, sleep, withTimeout } = require('./common');
 
 // Token storage both generations accept (v14 passes callbacks, v20 awaits promises).
 class MemoryEngine {
