@@ -38,7 +38,7 @@ from .logs import LOG_FORMATS, configure
 from .workers import WorkerError, WorkerOptions, run_workers
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from .server import Server
 
@@ -76,24 +76,25 @@ def read_auth_key(key_file: str | None, environ: Mapping[str, str]) -> tuple[str
         raise CliError(str(exc)) from None
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not in 0..65535 (0 picks a free port)")
-    return port
+def _int_arg(what: str, low: int, high: int | None, rule: str) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low..high`` (no upper bound when ``None``);
+    ``rule`` follows the number in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value}{rule}")
+        return value
+
+    return parse
 
 
-def _workers(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"{count}: at least 1 worker")
-    return count
+_port = _int_arg("a port number", 0, 65535, " is not in 0..65535 (0 picks a free port)")
+_workers = _int_arg("a number", 1, None, ": at least 1 worker")
+_count = _int_arg("a number", 0, None, ": must be >= 0")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,16 +147,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--per-address-burst", type=_rate, help="the per-address capacity")
     return parser
-
-
-def _count(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if count < 0:
-        raise argparse.ArgumentTypeError(f"{count}: must be >= 0")
-    return count
 
 
 def _rate(text: str) -> float:
