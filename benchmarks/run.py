@@ -57,6 +57,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SERVER_CPU, LOADGEN_CPU = "0", "1"
 
+def _workers_target(n: int) -> tuple[list[str], dict[str, str]]:
+    """The launcher (``serve --workers n``) on the Redis broker run.py starts (``{broker}``)."""
+    argv = [PYTHON, "-m", "trio_socketcluster", "serve", "benchmarks.cluster_app:make_server"]
+    argv += ["--workers", str(n), "--broker", "{broker}", "--port", "0", "--log-level", "warning"]
+    return argv, {"TRIO_SOCKETCLUSTER_AUTH_KEY": AUTH_KEY}
+
+
 TARGETS: dict[str, tuple[list[str], dict[str, str]]] = {
     "py-ws": ([PYTHON, str(ROOT / "examples" / "conformance_app.py")], {"TRANSPORT": "ws"}),
     "py-tws": (
@@ -70,42 +77,8 @@ TARGETS: dict[str, tuple[list[str], dict[str, str]]] = {
     "bare-tws": ([PYTHON, str(BENCH / "bare_tws.py")], {}),
     # The launcher (``serve --workers N``) with N worker processes joined by a Redis broker
     # (``{broker}``: a redis-server run.py starts for the run); see MULTI_CORE.
-    "py-w1": (
-        [
-            PYTHON,
-            "-m",
-            "trio_socketcluster",
-            "serve",
-            "benchmarks.cluster_app:make_server",
-            "--workers",
-            "1",
-            "--broker",
-            "{broker}",
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-        ],
-        {"TRIO_SOCKETCLUSTER_AUTH_KEY": AUTH_KEY},
-    ),
-    "py-w2": (
-        [
-            PYTHON,
-            "-m",
-            "trio_socketcluster",
-            "serve",
-            "benchmarks.cluster_app:make_server",
-            "--workers",
-            "2",
-            "--broker",
-            "{broker}",
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-        ],
-        {"TRIO_SOCKETCLUSTER_AUTH_KEY": AUTH_KEY},
-    ),
+    "py-w1": _workers_target(1),
+    "py-w2": _workers_target(2),
 }
 #: Runs a Python target with ``gc.set_threshold(*thresholds)`` applied first (argv[1]).
 GC_WRAPPER = (
