@@ -28,7 +28,7 @@ is already queued (every publication acknowledged before that moment, to every l
 subscriber), then closes with 1001 "Server is shutting down"; a broker with an outbound queue
 (``FlushingBroker``: Redis) writes it out; the broker stops once every connection has ended.
 Whatever still runs at ``shutdown_timeout_s`` after the start is cancelled. Python's cyclic
-garbage collector is paused from the start of the drain until ``serve`` returns (``_GcPause``).
+garbage collector is paused from the start of the drain until ``serve`` returns (``collector.GcPause``).
 
 Registrations: handlers for custom events (``@server.handler("login")``), middleware
 (``@server.middleware(Hook.PUBLISH_IN)``), listeners for socket lifecycle events
@@ -45,7 +45,7 @@ to a memory channel your own task reads.
 from __future__ import annotations
 
 import base64
-import gc
+import contextlib
 import inspect
 import logging
 import os
@@ -70,6 +70,7 @@ from ..brokers.base import (
 )
 from ..brokers.local import LocalBroker
 from ..brokers.local_revocation import LocalRevocationStore
+from ..collector import FreezeSurvivors, GcPause
 from ..config import ServerConfig, resolve_cluster_key
 from ..errors import InvalidArgumentsError, InvalidOptionsError
 from ..history import HistoryConfig
@@ -169,47 +170,6 @@ def _peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
     return None
 
 
-class _GcPause:
-    """Pauses Python's cyclic garbage collector from ``start()`` until the ``with`` block ends.
-
-    The drain unwinds every connection's tasks at once: thousands of ``Cancelled`` exceptions
-    with their tracebacks, closures and cancel statuses, many in reference cycles. Each of
-    them counts towards the collector's thresholds, and every collection of the older
-    generations walks the whole heap, which holds every open connection: with 10,000 sockets
-    the collector took two thirds of the stop, and its share grew with the square of the
-    socket count. Paused, the stop is linear; reference counting still frees almost all of it
-    at once, and the cycles left wait for the next collection after ``serve`` returns (the
-    pause lasts ``shutdown_timeout_s`` at most, however many servers drain together: the
-    collector is enabled again when the last one ends, unless it was disabled before).
-    """
-
-    _active = 0  # pauses started and not ended, in this process
-    _was_enabled = False
-
-    def __init__(self) -> None:
-        self._started = False
-
-    def start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        if _GcPause._active == 0:
-            _GcPause._was_enabled = gc.isenabled()
-            gc.disable()
-        _GcPause._active += 1
-
-    def __enter__(self) -> _GcPause:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if not self._started:
-            return
-        self._started = False
-        _GcPause._active -= 1
-        if _GcPause._active == 0 and _GcPause._was_enabled:
-            gc.enable()
-
-
 class Server:
     """A SocketCluster server. See the module docstring for the entry points.
 
@@ -278,6 +238,10 @@ class Server:
         #: Which channels keep history (``history=``), handed to every broker set.
         self.history = history
         self.broker: Broker = LocalBroker()
+        #: ``broker`` again when it is distributed / keeps history, else ``None`` (checked once
+        #: in ``set_broker``: a protocol ``isinstance`` costs microseconds per connection).
+        self.distributed_broker: DistributedBroker | None = None
+        self.history_broker: HistoryBroker | None = None
         self.set_broker(broker if broker is not None else self.broker)
         self.middleware = MiddlewareRegistry()
         self._handlers: dict[str, HandlerEntry] = {}
@@ -406,8 +370,10 @@ class Server:
                 raise InvalidOptionsError(f"{type(broker).__name__} keeps no channel history")
             broker.set_history(self.history)
         self.broker = broker
-        if isinstance(broker, DistributedBroker):  # commands from other processes
-            broker.set_command_handler(self._apply_command)
+        self.history_broker = broker if isinstance(broker, HistoryBroker) else None
+        self.distributed_broker = broker if isinstance(broker, DistributedBroker) else None
+        if self.distributed_broker is not None:  # commands from other processes
+            self.distributed_broker.set_command_handler(self._apply_command)
 
     # ------------------------------------------------------------------ tokens
 
@@ -622,12 +588,6 @@ class Server:
     def renewal_hook(self) -> RenewalHook | None:
         """The hook registered with ``@server.renewal`` (``None`` if none)."""
         return self._renewal
-
-    @property
-    def distributed_broker(self) -> DistributedBroker | None:
-        """``broker`` when it is a ``DistributedBroker``, else ``None``."""
-        broker = self.broker
-        return broker if isinstance(broker, DistributedBroker) else None
 
     def handler_for(self, event: str) -> HandlerEntry | None:
         """The handler registered for ``event`` and whether it is async."""
@@ -960,12 +920,14 @@ class Server:
         if self._draining:  # accepted while draining: closed with 1001 at once
             socket.shut_down(trio.current_time() + self.config.shutdown_timeout_s)
         self._live.add(socket)
+        FreezeSurvivors.connection_opened()
         try:
             await socket.run()
         except Exception:  # a bug of ours: socket.run answers every client input itself
             log.exception("connection %s failed", socket.id, extra=fields)
         finally:
             self._live.discard(socket)
+            FreezeSurvivors.connection_closed()
         log.debug(
             "connection closed (%s %s)", socket.close_code, socket.close_reason,
             extra={**fields, "code": socket.close_code},
@@ -1007,12 +969,14 @@ class Server:
             if self._draining:  # accepted while draining: closed with 1001 at once
                 socket.shut_down(trio.current_time() + cfg.shutdown_timeout_s)
             self._live.add(socket)
+            FreezeSurvivors.connection_opened()
             try:
                 await socket.run()
             except Exception:  # a bug of ours: socket.run answers every client input itself
                 log.exception("connection %s failed", socket.id, extra=fields)
             finally:
                 self._live.discard(socket)
+                FreezeSurvivors.connection_closed()
             log.debug(
                 "connection closed (%s %s)", socket.close_code, socket.close_reason,
                 extra={**fields, "code": socket.close_code},
@@ -1079,7 +1043,8 @@ class Server:
         # The connections and the broker run shielded from our caller: its cancellation
         # starts the drain, which gives them until the deadline (then cancels this scope).
         body = trio.CancelScope(shield=True)
-        with _GcPause() as gc_pause:
+        freeze = FreezeSurvivors() if cfg.gc_freeze else contextlib.nullcontext()
+        with GcPause() as gc_pause, freeze:
             try:
                 async with trio.open_nursery() as nursery:
                     try:

@@ -154,6 +154,11 @@ class SocketHost(Protocol):
         ...
 
     @property
+    def history_broker(self) -> HistoryBroker | None:
+        """The broker again when it keeps channel history, else ``None``."""
+        ...
+
+    @property
     def middleware(self) -> MiddlewareRegistry: ...
 
     @property
@@ -336,8 +341,7 @@ class ServerSocket:
         self.handshake_data: Any = None
         self.client_disconnect_data: Any = None
         self._channels: dict[str, None] = {}
-        broker = server.broker
-        self._history = broker if isinstance(broker, HistoryBroker) else None
+        self._history = server.history_broker
         # Channels whose history is being read: live publications wait in their Catchup.
         self._catchups: dict[str, Catchup] = {}
         self._pending: dict[Cid, _Pending] = {}

@@ -216,6 +216,8 @@ class WsprotoTransport(OutboundTransport):
             try:
                 data = os.read(fd, _READ_SIZE)
             except BlockingIOError:
+                data = None  # waited for outside the handler: no exception kept while parked
+            if data is None:
                 await trio.lowlevel.wait_readable(sock)
                 waited = True
                 continue
