@@ -27,7 +27,7 @@ import pytest
 import trio
 from conftest import make_server
 
-from trio_socketcluster.server.server import _GcPause
+from trio_socketcluster.collector import GcPause
 
 SOCKETS = 2000
 SHUTDOWN_TIMEOUT_S = 2.0
@@ -182,7 +182,7 @@ def test_the_collector_pause_ends_with_the_last_drain(enabled_before: bool) -> N
     was = gc.isenabled()
     (gc.enable if enabled_before else gc.disable)()
     try:
-        with _GcPause() as first, _GcPause() as second:
+        with GcPause() as first, GcPause() as second:
             first.start()
             second.start()
             second.start()  # idempotent
