@@ -14,9 +14,17 @@ from wsclient import ClientFactory, RawClient, new_client
 from trio_socketcluster import Server, ServerSocket
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 AUTH_KEY = "test-auth-key"
+
+
+async def wait_until(predicate: Callable[[], object], timeout_s: float = 20.0) -> None:
+    """Poll ``predicate`` (the state of another component: a count, a socket's state) every
+    10 ms until it is true; ``TooSlowError`` after ``timeout_s``."""
+    with trio.fail_after(timeout_s):
+        while not predicate():  # noqa: ASYNC110 (state of other components: polled)
+            await trio.sleep(0.01)
 
 
 def make_server(**options: Any) -> Server:

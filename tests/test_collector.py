@@ -7,21 +7,22 @@ from __future__ import annotations
 import gc
 import socket as pysocket
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import trio.testing
+from conftest import AUTH_KEY, wait_until
+from wsclient import Closed, RawClient, new_client
 
 import trio_socketcluster
 from trio_socketcluster import Server, ServerSocket
 from trio_socketcluster.collector import THAW_MIN_CLOSES, FreezeSurvivors
 
-from conftest import AUTH_KEY
-from wsclient import Closed, RawClient, new_client
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 SERVER_CODE = Path(trio_socketcluster.__file__).parent
 SERVER_PARTS = ("server", "transport", "protocol", "brokers")
@@ -116,9 +117,7 @@ async def normal_life(port: int) -> None:
     client = await connected(port)
     assert (await client.invoke("login", "alice", cid=2))["data"] == "ok"
     await client.send_json({"event": "#subscribe", "data": {"channel": "news"}, "cid": 3})
-    await client.send_json(
-        {"event": "#publish", "data": {"channel": "news", "data": 1}, "cid": 4}
-    )
+    await client.send_json({"event": "#publish", "data": {"channel": "news", "data": 1}, "cid": 4})
     assert (await client.invoke("echo", "hi", cid=5))["data"] == "hi"
     await client.send_json({"event": "#unsubscribe", "data": "news", "cid": 6})
     await client.close(1000)
@@ -195,9 +194,7 @@ async def run_endings(server: Server, endings: list[Callable[[int], Any]], times
         for ending in endings:
             for _ in range(times):
                 await ending(port)
-        with trio.fail_after(10):
-            while FreezeSurvivors.open_connections != base:
-                await trio.sleep(0.01)
+        await wait_until(lambda: FreezeSurvivors.open_connections == base)
         await trio.testing.wait_all_tasks_blocked()
 
 
@@ -259,15 +256,11 @@ async def test_thawed_after_a_turnover_of_connections(monkeypatch: pytest.Monkey
         assert gc.get_freeze_count() > 0
         for _ in range(2):
             await (await connected(port)).close(1000)
-        with trio.fail_after(10):
-            while FreezeSurvivors.closed_since_thaw < 2:
-                await trio.sleep(0.01)
+        await wait_until(lambda: FreezeSurvivors.closed_since_thaw >= 2)
         assert FreezeSurvivors.thaws == thaws
         assert gc.get_freeze_count() > 0
         await (await connected(port)).close(1000)
-        with trio.fail_after(10):
-            while FreezeSurvivors.thaws == thaws:
-                await trio.sleep(0.01)
+        await wait_until(lambda: FreezeSurvivors.thaws > thaws)
         assert gc.get_freeze_count() == 0
         assert FreezeSurvivors.closed_since_thaw == 0
         assert FreezeSurvivors.thaw_after == max(THAW_MIN_CLOSES, FreezeSurvivors.open_connections)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+from conftest import wait_until
 from procs import INTEROP, Process, npm_ci
 from redisserver import RedisServer, redis_app
 from tcpproxy import ResetProxy
@@ -58,12 +59,6 @@ def collect_garbage() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
-
-
-async def wait_until(predicate: Any, timeout_s: float = 20.0) -> None:
-    with trio.fail_after(timeout_s):
-        while not predicate():  # noqa: ASYNC110 (state of other components: polled)
-            await trio.sleep(0.01)
 
 
 class Subscriber:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+from conftest import wait_until
 from redisserver import RedisServer
 
 from trio_socketcluster import HistoryConfig, HistoryPolicy, Server, SocketClusterError
@@ -49,12 +50,6 @@ HISTORY = HistoryConfig(channels={"news": HistoryPolicy(size=10_000, ttl_s=300)}
 def worker(url: str) -> Server:
     broker = RedisBroker.from_url(url, cluster_key=KEY, reconnect_min_s=0.02, reconnect_max_s=0.2)
     return Server(auth_key="k", broker=broker, history=HISTORY)
-
-
-async def wait_until(predicate: Any, timeout_s: float = 15.0) -> None:
-    with trio.fail_after(timeout_s):
-        while not predicate():  # noqa: ASYNC110 (state of other components: polled)
-            await trio.sleep(0.01)
 
 
 async def collect(channel: Channel, into: list[Any]) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+from conftest import wait_until
 
 from trio_socketcluster import (
     SILENT,
@@ -209,12 +210,6 @@ def test_local_broker_delivers_the_publication_and_encodes_once() -> None:
 
 
 # ------------------------------------------------------------------------ the Python client
-
-
-async def wait_until(predicate: Any, timeout_s: float = 5.0) -> None:
-    with trio.fail_after(timeout_s):
-        while not predicate():  # noqa: ASYNC110 (state of another component: polled)
-            await trio.sleep(0.005)
 
 
 @pytest.mark.parametrize("concurrent", [False, True])

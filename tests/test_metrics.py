@@ -68,7 +68,7 @@ def test_histogram_buckets_are_cumulative_and_complete(values: list[float]) -> N
     counts = [n for _, n in cumulative]
     assert counts == sorted(counts)
     assert counts[-1] == len(values) == hist.count
-    for (le, n) in cumulative[:-1]:
+    for le, n in cumulative[:-1]:
         assert n == sum(1 for v in values if v <= float(le))
 
 

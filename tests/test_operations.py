@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio_websocket
 import trustme
+from conftest import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from trio_socketcluster import Block, Hook, Reply, Server, ServerSocket
@@ -23,7 +24,7 @@ from trio_socketcluster.server.http import static_files
 from trio_socketcluster.transport.base import MAX_BODY_BYTES, HandshakeRequest, Rejection
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
     from trio_socketcluster.middleware import HandshakeWSRequest, PublishInRequest
 
@@ -105,12 +106,6 @@ def delta(before: Samples, after: Samples) -> dict[tuple[str, tuple[tuple[str, s
     }
 
 
-async def until(predicate: Callable[[], bool]) -> None:
-    with trio.fail_after(5):
-        while not predicate():  # noqa: ASYNC110 (a server-side count, over real sockets)
-            await trio.sleep(0.01)
-
-
 @asynccontextmanager
 async def serving(server: Server, **serve: Any) -> AsyncIterator[int]:
     async with trio.open_nursery() as nursery:
@@ -171,7 +166,7 @@ async def test_metrics_move_exactly_as_clients_connect_log_in_are_refused_and_le
                     pass
             s1 = await scrape(port)
             await a.disconnect(4321, "bye")
-            await until(lambda: server.client_count == 1)
+            await wait_until(lambda: server.client_count == 1)
             s2 = await scrape(port)
     d1 = delta(s0, s1)
     assert s1[(P + "connections", ())] == 2
@@ -271,7 +266,7 @@ async def test_connection_limit_refuses_with_503_retry_after_then_admits() -> No
             assert status == 503
             assert headers["retry-after"] == "1"
             assert b"retry later" in body
-        await until(lambda: server.client_count == 0)
+        await wait_until(lambda: server.client_count == 0)
         async with connect(url) as b:  # the slot is free again
             assert await b.invoke("echo", 2) == 2
         samples = await scrape(port)

@@ -55,9 +55,7 @@ class Sub:
 
 
 @pytest.fixture
-async def brokers(
-    redis_server: RedisServer, nursery: trio.Nursery
-) -> list[RedisBroker]:
+async def brokers(redis_server: RedisServer, nursery: trio.Nursery) -> list[RedisBroker]:
     """Two running brokers ("processes") on the test's Redis."""
     made = [
         RedisBroker.from_url(redis_server.url, cluster_key=KEY, reconnect_max_s=0.5)

@@ -28,7 +28,8 @@ is already queued (every publication acknowledged before that moment, to every l
 subscriber), then closes with 1001 "Server is shutting down"; a broker with an outbound queue
 (``FlushingBroker``: Redis) writes it out; the broker stops once every connection has ended.
 Whatever still runs at ``shutdown_timeout_s`` after the start is cancelled. Python's cyclic
-garbage collector is paused from the start of the drain until ``serve`` returns (``collector.GcPause``).
+garbage collector is paused from the start of the drain until ``serve`` returns
+(``collector.GcPause``).
 
 Registrations: handlers for custom events (``@server.handler("login")``), middleware
 (``@server.middleware(Hook.PUBLISH_IN)``), listeners for socket lifecycle events
@@ -46,14 +47,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import inspect
 import logging
 import os
 import secrets
 import signal
+import socket as stdlib_socket
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -153,6 +157,17 @@ def _cause_name(cause: Hashable) -> str:
         return ":".join(_cause_name(part) for part in cause)
     value = getattr(cause, "value", cause)
     return str(value)
+
+
+_ACCEPT_BATCH = 64
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+def _is_tcp(listener: trio.abc.Listener[Any]) -> bool:
+    return isinstance(listener, trio.SocketListener) and listener.socket.family in (
+        stdlib_socket.AF_INET,
+        stdlib_socket.AF_INET6,
+    )
 
 
 def _peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
@@ -934,7 +949,7 @@ class Server:
         )  # fmt: skip
 
     async def handle_stream(
-        self, stream: trio.abc.Stream, *, remote_address: tuple[str, int] | None = None
+        self, stream: trio.abc.Stream, remote_address: tuple[str, int] | None = None
     ) -> None:
         """Run the WebSocket upgrade on ``stream`` and serve the connection. Closes ``stream``."""
         cfg = self.config
@@ -1085,9 +1100,51 @@ class Server:
         task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         with trio.CancelScope() as self._accepting:  # the drain cancels it: listeners close
-            await trio.serve_listeners(
-                self.handle_stream, listeners, handler_nursery=connections, task_status=task_status
-            )
+            async with trio.open_nursery() as loops:
+                for listener in listeners:
+                    if _is_tcp(listener):
+                        loops.start_soon(self._accept_tcp, listener, connections)
+                    else:  # TLS, unix sockets, any other listener: trio's own loop
+                        loops.start_soon(
+                            partial(trio.serve_listeners, handler_nursery=connections),
+                            self.handle_stream,
+                            [listener],
+                        )
+                task_status.started(listeners)
+
+    async def _accept_tcp(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        """``trio.serve_listeners``' loop for one TCP listener, done here: ``accept`` on a
+        duplicate of the listening descriptor, as many connections as are waiting per wake-up
+        (one checkpoint per batch), each started as ``handle_stream(stream, remote_address)``.
+        Per connection that is one coroutine (held while it is open), an ``async with`` and
+        two checkpoints fewer than trio's loop, no ``getpeername`` call and no
+        ``aclose_forcefully`` after ``handle_stream`` (which closes its stream itself)."""
+        dup = stdlib_socket.socket(fileno=os.dup(listener.socket.fileno()))
+        dup.setblocking(False)
+        handle = self.handle_stream
+        try:
+            async with listener:  # closed when the loop ends, as trio's loop does
+                while True:
+                    for _ in range(_ACCEPT_BATCH):
+                        try:
+                            conn, addr = dup.accept()
+                        except BlockingIOError:
+                            break
+                        except OSError as exc:
+                            if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                                raise
+                            # Out of descriptors or memory: what trio's loop does.
+                            log.error("accept failed (%s); retrying in 0.1 s", exc)
+                            await trio.sleep(0.1)
+                            break
+                        stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+                        connections.start_soon(handle, stream, (str(addr[0]), int(addr[1])))
+                    else:
+                        await trio.lowlevel.checkpoint()  # a full batch: let them run
+                        continue
+                    await trio.lowlevel.wait_readable(dup)
+        finally:
+            dup.close()
 
     async def _drain(self, body: trio.CancelScope) -> None:
         """The shutdown sequence (module docstring). Returns once the deadline is set and

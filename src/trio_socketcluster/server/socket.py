@@ -47,7 +47,6 @@ import trio
 
 from .. import errors
 from ..auth import AuthEngine, expiry_of
-from ..brokers.base import Broker, DistributedBroker, HistoryBroker, Subscriber
 from ..brokers.local import publication_bytes
 from ..errors import dehydrate_error
 from ..history import Catchup, Publication, RecoverRequest, Recovery, parse_recover
@@ -109,6 +108,7 @@ from ..transport.base import (
 )
 
 if TYPE_CHECKING:
+    from ..brokers.base import Broker, DistributedBroker, HistoryBroker, Subscriber
     from ..config import ServerConfig
     from ..identity import VerifiedToken
     from ..metrics import Metrics
