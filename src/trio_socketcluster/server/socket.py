@@ -11,7 +11,8 @@ of its own holding
 * the transport's **writer** task (flushes data queued by other tasks: publishes, pings);
 * the **handshake** task: closes with 4005 if no ``#handshake`` arrives in time, and ends
   when it arrives;
-* the **token-expiry watcher**: sleeps until the auth token's ``exp`` (on trio's clock) and then
+* the **token-expiry watcher**, started when the handshake is accepted (before it there is no
+  token to watch and no heartbeat): sleeps until the auth token's ``exp`` (on trio's clock) and then
   deauthenticates the socket, sending ``#removeAuthToken`` at once; with ``renew_before_s`` it
   first asks the application's renewal hook for a fresh token (in a task of its own). Once the
   handshake is accepted it is also the **heartbeat**: pings every ``ping_interval_s``, closes
@@ -793,8 +794,7 @@ class ServerSocket:
                 self._nursery = nursery
                 if self._close is not None:  # disconnect() before run()
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(self._handshake_task)
-                nursery.start_soon(self._expiry_watcher)
+                nursery.start_soon(self._handshake_task)  # the watcher starts once accepted
                 await self._dispatch_loop()
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
@@ -848,10 +848,13 @@ class ServerSocket:
         event = self._handshake_event
         if event is None or event.is_set():
             return
-        with trio.move_on_after(self.server.config.handshake_timeout_s):
-            await event.wait()
-        if not event.is_set():
-            self.disconnect(4005, "Did not receive #handshake from client before timeout")
+        try:
+            with trio.move_on_after(self.server.config.handshake_timeout_s):
+                await event.wait()
+            if not event.is_set():
+                self.disconnect(4005, "Did not receive #handshake from client before timeout")
+        finally:
+            self._bound_write()  # the watcher's duty until the handshake is accepted
 
     def _send_pings(self) -> None:
         for ping in self._machine.ping_payloads():
@@ -1090,7 +1093,10 @@ class ServerSocket:
             for ping in self._machine.ping_payloads():
                 self._send(ping)
         self._handshake_event = None
-        self._wake_watcher()  # the watcher starts the heartbeat
+        if self._nursery is not None:
+            # The watcher starts with the accepted handshake: before it there is no token to
+            # watch and no heartbeat (the handshake task times the 4005 close).
+            self._nursery.start_soon(self._expiry_watcher)
         server.emit_listener_event("connection", self)
         for name, *args in held:
             server.emit_listener_event(name, *args)
