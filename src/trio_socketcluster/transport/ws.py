@@ -488,11 +488,14 @@ def _tcp_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return stream.socket if isinstance(stream, trio.SocketStream) else None
 
 
-async def _read_some(stream: trio.abc.Stream, sock: trio.socket.SocketType | None) -> bytes:
+async def _read_some(
+    stream: trio.abc.Stream, sock: trio.socket.SocketType | None, *, fair: bool = True
+) -> bytes:
     """``receive_some(65536)``, or on a TCP socket stream (``sock``) the same done here with
     ``os.read`` on the socket's file descriptor and ``wait_readable``, with trio's
     checkpoints (cancellation is checked before the read; after an immediate read the task
-    yields, shielded)."""
+    yields, shielded, unless ``fair`` is false: the upgrade's one read, where the task
+    waits for the client's next message soon after anyway)."""
     if sock is None:
         return await stream.receive_some(_READ_SIZE)
     await trio.lowlevel.checkpoint_if_cancelled()
@@ -509,7 +512,7 @@ async def _read_some(stream: trio.abc.Stream, sock: trio.socket.SocketType | Non
             await trio.lowlevel.wait_readable(sock)
             waited = True
             continue
-        if not waited:
+        if fair and not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
@@ -543,7 +546,7 @@ async def _upgrade(
     reader = HeadReader()
     sock = _tcp_socket(stream)
     while True:
-        data = await _read_some(stream, sock)
+        data = await _read_some(stream, sock, fair=False)
         if not data:
             return None
         head = reader.feed(data)
