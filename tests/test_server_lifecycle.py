@@ -33,8 +33,18 @@ class Served:
 
 
 async def serve_one(
-    nursery: trio.Nursery, server: Server, *, handshake: bool = True, token: str | None = None
+    nursery: trio.Nursery,
+    server: Server,
+    *,
+    handshake: bool = True,
+    token: str | None = None,
+    heartbeat: bool = False,
 ) -> Served:
+    """One connection through ``handle_stream``; with ``heartbeat`` the server's background
+    tasks run (``start_broker``: the server's heartbeat pings), else the socket's watcher
+    pings."""
+    if heartbeat:
+        await server.start_broker(nursery)
     client_stream, server_stream = trio.testing.memory_stream_pair()
     ended = trio.Event()
 
@@ -60,6 +70,12 @@ def only_socket(server: Server) -> ServerSocket:
 # ------------------------------------------------------------------------------ heartbeats
 
 
+@pytest.fixture(params=[True, False], ids=["server-heartbeat", "watcher"])
+def heartbeat(request: pytest.FixtureRequest) -> bool:
+    """Who pings: the server's heartbeat task, or (without ``start_broker``) the watcher."""
+    return bool(request.param)
+
+
 async def pings_until(client: RawClient, n: int) -> list[tuple[float, str]]:
     """The next ``n`` pings with their arrival time (fails on anything else)."""
     got: list[tuple[float, str]] = []
@@ -73,10 +89,14 @@ async def pings_until(client: RawClient, n: int) -> list[tuple[float, str]]:
 
 @pytest.mark.parametrize(("pong", "kind"), [("#2", "#1"), ("", "")])
 async def test_both_pings_until_the_first_pong_then_one_kind(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, pong: str, kind: str
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    heartbeat: bool,
+    pong: str,
+    kind: str,
 ) -> None:
     server = make_server(ping_interval_s=5, ping_timeout_s=20)
-    served = await serve_one(nursery, server)
+    served = await serve_one(nursery, server, heartbeat=heartbeat)
     client = served.client
     t0 = trio.current_time()
     # The probe right after the reply, then one tick: both kinds each time.
@@ -90,24 +110,25 @@ async def test_both_pings_until_the_first_pong_then_one_kind(
     assert await pings_until(client, 3) == [(t0 + 10, kind), (t0 + 15, kind), (t0 + 20, kind)]
     assert only_socket(server).protocol == (1 if pong == "#2" else 2)
     assert server.client_count == 1
+    assert len(server.heartbeat) == (1 if heartbeat else 0)  # who pinged
 
 
 @pytest.mark.parametrize("protocol", [1, 2])
 async def test_a_fixed_protocol_pings_only_its_kind(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, protocol: int
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, heartbeat: bool, protocol: int
 ) -> None:
     server = make_server(ping_interval_s=5, ping_timeout_s=20, protocol=protocol)
-    client = (await serve_one(nursery, server)).client
+    client = (await serve_one(nursery, server, heartbeat=heartbeat)).client
     t0 = trio.current_time()
     kind = "#1" if protocol == 1 else ""
     assert await pings_until(client, 2) == [(t0 + 5, kind), (t0 + 10, kind)]
 
 
 async def test_a_v14_disconnect_packet_locks_protocol_1(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, heartbeat: bool
 ) -> None:
     server = make_server(ping_interval_s=5, ping_timeout_s=20)
-    client = (await serve_one(nursery, server)).client
+    client = (await serve_one(nursery, server, heartbeat=heartbeat)).client
     await pings_until(client, 2)
     await client.send_json({"event": "#disconnect", "data": {"code": 4321, "data": "x"}})
     t0 = trio.current_time()
@@ -116,12 +137,12 @@ async def test_a_v14_disconnect_packet_locks_protocol_1(
 
 
 async def test_no_pong_closes_4001_after_ping_timeout(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, heartbeat: bool
 ) -> None:
     server = make_server(ping_interval_s=5, ping_timeout_s=20)
     codes: list[int] = []
     server.on("disconnection")(lambda s, code, reason: codes.append(code))
-    served = await serve_one(nursery, server)
+    served = await serve_one(nursery, server, heartbeat=heartbeat)
     t0 = trio.current_time()
     messages: list[Any] = []
     with pytest.raises(Closed) as info:  # noqa: PT012 (read until the close)
@@ -137,12 +158,12 @@ async def test_no_pong_closes_4001_after_ping_timeout(
 
 
 async def test_any_inbound_message_keeps_the_connection_alive(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, heartbeat: bool
 ) -> None:
     # The v14 rule (docs/protocol.md): events count as proof of life, so a client whose pongs
     # are queued behind its own traffic is not closed; silence afterwards still is.
     server = make_server(ping_interval_s=5, ping_timeout_s=20)
-    client = (await serve_one(nursery, server)).client
+    client = (await serve_one(nursery, server, heartbeat=heartbeat)).client
     for i in range(60):
         await trio.sleep(1)
         assert await client.invoke("echo", i, cid=10 + i) == {"rid": 10 + i, "data": i}
@@ -155,10 +176,10 @@ async def test_any_inbound_message_keeps_the_connection_alive(
 
 
 async def test_a_pong_resets_the_timeout(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, heartbeat: bool
 ) -> None:
     server = make_server(ping_interval_s=5, ping_timeout_s=20)
-    client = (await serve_one(nursery, server)).client
+    client = (await serve_one(nursery, server, heartbeat=heartbeat)).client
     t0 = trio.current_time()
     await trio.sleep(15)
     await client.send("")

@@ -59,7 +59,7 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar, runtime_checkable
 
 import trio
 
@@ -104,6 +104,7 @@ from ..revocation import (
 from ..transport.base import HandshakeRequest, Rejection, Transport
 from ..transport.upgrade import HeadReader, Refused, handshake_request, http_response
 from ..transport.ws import accept_websocket
+from .heartbeat import Heartbeat
 from .http import UPGRADE_REQUIRED, HttpHandler
 from .index import TokenIndex
 from .socket import HandlerEntry, RenewalHook, ServerSocket
@@ -163,7 +164,7 @@ _ACCEPT_BATCH = 64
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
-def _is_tcp(listener: trio.abc.Listener[Any]) -> bool:
+def _is_tcp(listener: trio.abc.Listener[Any]) -> TypeGuard[trio.SocketListener]:
     return isinstance(listener, trio.SocketListener) and listener.socket.family in (
         stdlib_socket.AF_INET,
         stdlib_socket.AF_INET6,
@@ -259,6 +260,8 @@ class Server:
         self.history_broker: HistoryBroker | None = None
         self.set_broker(broker if broker is not None else self.broker)
         self.middleware = MiddlewareRegistry()
+        #: Pings the handshaken sockets while ``start_broker``'s nursery runs.
+        self.heartbeat = Heartbeat()
         self._handlers: dict[str, HandlerEntry] = {}
         self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in LISTENER_EVENTS}
         self._renewal: RenewalHook | None = None
@@ -1165,12 +1168,15 @@ class Server:
                 await broker.flush()
 
     async def start_broker(self, nursery: trio.Nursery) -> None:
-        """Start the background tasks of the broker and of the revocation store (if they
-        have any, as the Redis ones do) in ``nursery``, fetch the identity providers' keys
+        """Start the server's heartbeat (``server/heartbeat.py``) and the background tasks of
+        the broker and of the revocation store (if they have any, as the Redis ones do) in
+        ``nursery``, fetch the identity providers' keys
         (in the background; a failure is logged and retried when a token needs them), and
         make ``nursery`` the one ``start_soon`` uses. ``serve`` does this; call it yourself
         when you only use ``handle_stream``/``handle_trio_websocket_request``."""
         self._nursery = nursery
+        if not self.heartbeat.running:
+            await nursery.start(self.heartbeat.run)
         store = self._revocation
         if isinstance(store, _Runnable):
             await nursery.start(store.run)

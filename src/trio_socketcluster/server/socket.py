@@ -114,6 +114,7 @@ if TYPE_CHECKING:
     from ..identity import VerifiedToken
     from ..metrics import Metrics
     from ..revocation import Revocation
+    from .heartbeat import Entry, Heartbeat
 
 __all__ = ["HandlerEntry", "RenewalHook", "Reply", "ServerSocket", "SocketHost"]
 
@@ -152,6 +153,11 @@ class SocketHost(Protocol):
     @property
     def distributed_broker(self) -> DistributedBroker | None:
         """The broker again when it is distributed (subscribe waits for it), else ``None``."""
+        ...
+
+    @property
+    def heartbeat(self) -> Heartbeat:
+        """Pings the handshaken sockets while it runs (``heartbeat.py``)."""
         ...
 
     @property
@@ -301,6 +307,7 @@ class ServerSocket:
 
     __slots__ = (
         "__dict__",  # the application may attach its own attributes to a socket
+        "_beat_entry",
         "_catchups",
         "_channels",
         "_close",
@@ -313,6 +320,7 @@ class ServerSocket:
         "_last_pong",
         "_machine",
         "_next_cid",
+        "_next_ping",
         "_nursery",
         "_pending",
         "_token_changed",
@@ -353,6 +361,9 @@ class ServerSocket:
         self._token_changed = False  # since the expiry watcher last looked at the token
         self._watch_scope: trio.CancelScope | None = None  # the watcher's sleep
         self._last_pong = 0.0
+        # The server's heartbeat pings this socket (its entry there; None: the watcher does).
+        self._beat_entry: Entry | None = None
+        self._next_ping = math.inf
         self._close: CloseIntent | None = None  # how the connection ends: set once
         self._close_by = math.inf  # the server's drain deadline, once draining
         self._closing_scope: trio.CancelScope | None = None  # the shielded close, once running
@@ -825,6 +836,9 @@ class ServerSocket:
             self._cleanup()
 
     def _cleanup(self) -> None:
+        if self._beat_entry is not None:
+            self._beat_entry[2] = None  # the heartbeat drops it; this socket is freed now
+            self._beat_entry = None
         metrics = self.server.metrics
         code = self.close_code
         metrics.count(metrics.disconnects, code)
@@ -860,6 +874,24 @@ class ServerSocket:
         for ping in self._machine.ping_payloads():
             self._send_priority(ping)
 
+    def _beat(self, now: float, slack_s: float) -> float | None:
+        """The server's heartbeat at this socket (``heartbeat.Beating``): close with 4001
+        once the client is silent for ``ping_timeout_s``, ping when due (up to ``slack_s``
+        early), written at once if the socket takes it; when to come back, or ``None``."""
+        if self._close is not None:
+            return None
+        cfg = self.server.config
+        pong_deadline = self._last_pong + cfg.ping_timeout_s
+        if now >= pong_deadline:
+            self.disconnect(4001, "Client pong timed out", notify=False)
+            return None
+        if now + slack_s >= self._next_ping:
+            transport = self._transport
+            for ping in self._machine.ping_payloads():
+                transport.send_priority(OutboundMessage(ping), write=True)
+            self._next_ping = now + cfg.ping_interval_s
+        return min(self._next_ping, pong_deadline)
+
     def _wake_watcher(self) -> None:
         """The token changed (or the handshake was accepted): the watcher starts over."""
         self._token_changed = True
@@ -867,9 +899,9 @@ class ServerSocket:
             self._watch_scope.cancel()
 
     async def _expiry_watcher(self) -> None:
-        """The token-expiry watcher and, from the accepted handshake on, the heartbeat. When
-        it ends (cancelled from outside, too), the dispatch task's write in flight gets a
-        deadline."""
+        """The token-expiry watcher and, when the server runs no heartbeat task, the
+        heartbeat. When it ends (cancelled from outside, too), the dispatch task's write in
+        flight gets a deadline."""
         try:
             await self._watch()
         finally:
@@ -883,8 +915,8 @@ class ServerSocket:
         next_ping = math.inf  # the heartbeat starts with the accepted handshake
         while True:
             self._token_changed = False
-            if next_ping == math.inf and self._handshake_event is None:
-                next_ping = trio.current_time() + interval
+            if next_ping == math.inf and self._handshake_event is None and not self._beat_entry:
+                next_ping = trio.current_time() + interval  # no server heartbeat: ours
             exp = expiry_of(self.auth_token)
             token_deadline = math.inf
             renewing = False
@@ -1093,6 +1125,13 @@ class ServerSocket:
             for ping in self._machine.ping_payloads():
                 self._send(ping)
         self._handshake_event = None
+        heartbeat = server.heartbeat
+        if heartbeat.running:
+            cfg = server.config
+            self._next_ping = self._last_pong + cfg.ping_interval_s
+            self._beat_entry = heartbeat.add(
+                self, min(self._next_ping, self._last_pong + cfg.ping_timeout_s)
+            )
         if self._nursery is not None:
             # The watcher starts with the accepted handshake: before it there is no token to
             # watch and no heartbeat (the handshake task times the 4005 close).

@@ -161,8 +161,10 @@ class Transport(Protocol):
         """Queue a message; never blocks. Ignored once closing. Overflow: see module doc."""
         ...
 
-    def send_priority(self, message: OutboundMessage) -> None:
-        """Queue a control message (ping, close notice, auth change) ahead of queued data."""
+    def send_priority(self, message: OutboundMessage, *, write: bool = False) -> None:
+        """Queue a control message (ping, close notice, auth change) ahead of queued data;
+        with ``write``, hand it to the socket at once if the transport can (a ping from the
+        server's heartbeat task, so that the connection's writer task need not wake)."""
         ...
 
     async def flush(self) -> None:

@@ -206,8 +206,9 @@ class TrioWebsocketTransport(OutboundTransport):
         """Queue ``message``; never blocks. Ignored once closing. Overflow: module doc."""
         self._enqueue(self._queue, message)
 
-    def send_priority(self, message: OutboundMessage) -> None:
-        """Queue ``message`` ahead of everything queued by ``send``. Same overflow policy."""
+    def send_priority(self, message: OutboundMessage, *, write: bool = False) -> None:
+        """Queue ``message`` ahead of everything queued by ``send``. Same overflow policy
+        (``write`` changes nothing here: the writer task writes it)."""
         self._enqueue(self._prio, message)
 
     def _enqueue(self, queue: deque[OutboundMessage], message: OutboundMessage) -> None:

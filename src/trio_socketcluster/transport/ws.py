@@ -252,8 +252,10 @@ class WsprotoTransport(OutboundTransport):
         if not self._sending:
             self._wake.set()
 
-    def send_priority(self, message: OutboundMessage) -> None:
-        """Queue ``message`` ahead of everything queued by ``send``. Same overflow policy."""
+    def send_priority(self, message: OutboundMessage, *, write: bool = False) -> None:
+        """Queue ``message`` ahead of everything queued by ``send``. Same overflow policy.
+        With ``write``, what is queued is handed to the socket at once if it takes it all
+        (the writer task is only woken for what it does not take)."""
         if self._close.state is not _OPEN:
             return
         frame = message.frame
@@ -261,7 +263,7 @@ class WsprotoTransport(OutboundTransport):
             self._overflow()
             return
         self._prio += frame
-        if not self._sending:
+        if not self._sending and not (write and self._write_now()):
             self._wake.set()
 
     def _overflow(self) -> None:
@@ -490,7 +492,7 @@ def _tcp_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
 
 async def _read_some(
     stream: trio.abc.Stream, sock: trio.socket.SocketType | None, *, fair: bool = True
-) -> bytes:
+) -> bytes | bytearray:
     """``receive_some(65536)``, or on a TCP socket stream (``sock``) the same done here with
     ``os.read`` on the socket's file descriptor and ``wait_readable``, with trio's
     checkpoints (cancellation is checked before the read; after an immediate read the task
