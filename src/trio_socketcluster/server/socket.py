@@ -11,14 +11,15 @@ of its own holding
 * the transport's **writer** task (flushes data queued by other tasks: publishes, pings);
 * the **handshake** task: closes with 4005 if no ``#handshake`` arrives in time, and ends
   when it arrives;
-* the **token-expiry watcher**, started when the handshake is accepted (before it there is no
-  token to watch and no heartbeat): sleeps until the auth token's ``exp`` (on trio's clock) and then
-  deauthenticates the socket, sending ``#removeAuthToken`` at once; with ``renew_before_s`` it
-  first asks the application's renewal hook for a fresh token (in a task of its own). Once the
-  handshake is accepted it is also the **heartbeat**: pings every ``ping_interval_s``, closes
-  with 4001 if no pong arrives within ``ping_timeout_s``. One sleep (one cancel scope) until
-  the earliest of the three deadlines: an idle connection holds two parked tasks besides the
-  writer, not three;
+* the **token-expiry watcher**, started when the handshake is accepted (before it there is
+  no token to watch): sleeps until the auth token's ``exp`` (on trio's clock) and then
+  deauthenticates the socket, sending ``#removeAuthToken`` at once; with ``renew_before_s``
+  it first asks the application's renewal hook for a fresh token (in a task of its own). A
+  token change wakes it. The **heartbeat** (ping every ``ping_interval_s``, close with 4001
+  when the client is silent for ``ping_timeout_s``) is the server's task
+  (``heartbeat.py``, through ``_beat``); where none runs (``handle_stream`` without
+  ``start_broker``) the watcher does it too, in the same sleep (one cancel scope until the
+  earliest deadline);
 * one task per running **async handler** (at most ``max_concurrent_handlers``; then reading
   pauses), and one per **async middleware chain** on a delivery (publish-out). Plain-function
   handlers and middleware run inline in the dispatch task.
