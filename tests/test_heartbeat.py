@@ -5,7 +5,8 @@ server over TCP, a silent client closed with 4001 and an answering one kept."""
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -16,11 +17,17 @@ from wsclient import Closed, new_client
 from trio_socketcluster import Server
 from trio_socketcluster.server.heartbeat import Heartbeat
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+
+Log = list[tuple[float, str]]
+
 
 class Stand:
     """A socket stand-in: comes back every ``every`` seconds ``times`` times."""
 
-    def __init__(self, name: str, every: float, times: int, log: list[tuple[float, str]]) -> None:
+    def __init__(self, name: str, every: float, times: int, log: Log) -> None:
         self.name, self.every, self.left, self.log = name, every, times, log
 
     def _beat(self, now: float, slack_s: float) -> float | None:
@@ -29,65 +36,60 @@ class Stand:
         return now + self.every if self.left else None
 
 
-async def test_sockets_are_served_in_time_order(autojump_clock: trio.testing.MockClock) -> None:
-    log: list[tuple[float, str]] = []
-    heartbeat = Heartbeat(slack_s=0)
+@asynccontextmanager
+async def running(slack_s: float = 0.0) -> AsyncIterator[tuple[Heartbeat, float, Log]]:
+    """A heartbeat running in a nursery for the block, the start time and a log for the
+    stand-ins; cancelled after the block."""
+    heartbeat = Heartbeat(slack_s=slack_s)
     async with trio.open_nursery() as nursery:
         await nursery.start(heartbeat.run)
-        t0 = trio.current_time()
+        yield heartbeat, trio.current_time(), []
+        nursery.cancel_scope.cancel()
+
+
+def since(t0: float, log: Log) -> Log:
+    return [(round(t - t0, 6), name) for t, name in log]
+
+
+async def test_sockets_are_served_in_time_order(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (heartbeat, t0, log):
         heartbeat.add(Stand("a", 3, 3, log), t0 + 3)
         heartbeat.add(Stand("b", 2, 3, log), t0 + 2)
         await trio.sleep(20)
         assert len(heartbeat) == 0  # both said None after three visits
-        nursery.cancel_scope.cancel()
-    assert [(round(t - t0, 6), n) for t, n in log] == [
-        (2, "b"), (3, "a"), (4, "b"), (6, "a"), (6, "b"), (9, "a"),
-    ]  # fmt: skip
+    assert since(t0, log) == [(2, "b"), (3, "a"), (4, "b"), (6, "a"), (6, "b"), (9, "a")]
     assert not heartbeat.running
 
 
 async def test_one_round_serves_everything_due_within_the_slack(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    log: list[tuple[float, str]] = []
-    heartbeat = Heartbeat(slack_s=0.5)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(heartbeat.run)
-        t0 = trio.current_time()
+    async with running(0.5) as (heartbeat, t0, log):
         for i in range(5):
             heartbeat.add(Stand(str(i), 10, 1, log), t0 + 1 + i * 0.1)  # 1.0 .. 1.4
         heartbeat.add(Stand("late", 10, 1, log), t0 + 1.6)
         await trio.sleep(5)
-        nursery.cancel_scope.cancel()
-    times = [round(t - t0, 6) for t, _ in log]
-    assert times == [1, 1, 1, 1, 1, 1.6]  # one round at 1.0 (up to 1.5), the next at 1.6
+    # One round at 1.0 serves everything due up to 1.5; the next comes at 1.6.
+    assert [t for t, _ in since(t0, log)] == [1, 1, 1, 1, 1, 1.6]
 
 
 async def test_a_closed_socket_is_dropped_and_an_earlier_one_wakes_the_sleep(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    log: list[tuple[float, str]] = []
-    heartbeat = Heartbeat(slack_s=0)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(heartbeat.run)
-        t0 = trio.current_time()
+    async with running() as (heartbeat, t0, log):
         closed = heartbeat.add(Stand("closed", 1, 5, log), t0 + 100)
         closed[2] = None  # what a socket's cleanup does
         await trio.sleep(1)
         heartbeat.add(Stand("early", 1, 1, log), trio.current_time() + 2)  # before t0 + 100
         await trio.sleep(200)
-        nursery.cancel_scope.cancel()
-    assert [(round(t - t0, 6), n) for t, n in log] == [(3, "early")]
+    assert since(t0, log) == [(3, "early")]
     assert len(heartbeat) == 0
 
 
 async def test_running_twice_is_refused() -> None:
-    heartbeat = Heartbeat()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(heartbeat.run)
+    async with running() as (heartbeat, _, _):
         with pytest.raises(RuntimeError, match="already running"):
             await heartbeat.run()
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("answer", [True, False])
