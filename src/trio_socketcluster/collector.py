@@ -1,6 +1,6 @@
 """How a serving process works with CPython's cyclic garbage collector.
 
-Every open connection holds about ninety objects the collector tracks (its three tasks with
+Every open connection holds about 85 objects the collector tracks (its three tasks with
 their coroutines and cancel scopes, two nurseries, the transport, the socket). CPython
 collects its oldest generation whenever a quarter more objects have survived into it since
 the last full collection, and a full collection walks every tracked object: with 10,000

@@ -894,7 +894,7 @@ class ServerSocket:
         return min(self._next_ping, pong_deadline)
 
     def _wake_watcher(self) -> None:
-        """The token changed (or the handshake was accepted): the watcher starts over."""
+        """The token changed: the watcher (if it runs yet) starts over."""
         self._token_changed = True
         if self._watch_scope is not None:
             self._watch_scope.cancel()
