@@ -1013,9 +1013,11 @@ class ServerSocket:
             del messages  # an idle connection keeps nothing of its last read
             if self._close is not None:
                 return  # run() writes what is queued, then the close frame
-            if transport.buffered_bytes:
-                # Shielded: ending the connection must not cut this write (and drop what is
-                # queued); ``_bound_write`` gives it a deadline once the connection ends.
+            if transport.buffered_bytes and not transport.write_now():
+                # What the socket did not take at once, shielded: ending the connection must
+                # not cut this write (and drop what is queued); ``_bound_write`` gives it a
+                # deadline once the connection ends. (A write done at once needs no scope:
+                # about 5 us per request saved.)
                 with trio.CancelScope(shield=True) as self._write_scope:
                     await transport.flush()
                 self._write_scope = None

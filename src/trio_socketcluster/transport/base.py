@@ -167,6 +167,12 @@ class Transport(Protocol):
         server's heartbeat task, so that the connection's writer task need not wake)."""
         ...
 
+    def write_now(self) -> bool:
+        """Hand everything queued to the connection at once, without blocking, if the
+        transport can and the socket takes it all; whether nothing is left queued (else
+        ``flush`` writes the rest)."""
+        ...
+
     async def flush(self) -> None:
         """Write what is queued with one ``send_all``, unless a flush is already running."""
         ...

@@ -159,6 +159,10 @@ class TrioWebsocketTransport(OutboundTransport):
         """Payload bytes queued and not yet handed to ``send_message``."""
         return self._bytes
 
+    def write_now(self) -> bool:
+        """Whether nothing is queued: trio-websocket writes only in ``send_message``."""
+        return not self._queued()
+
     def _queued(self) -> bool:
         return bool(self._prio or self._queue)
 

@@ -303,6 +303,11 @@ class WsprotoTransport(OutboundTransport):
             elif (self._prio or self._buf) and not self._write_now():
                 await self._bounded_flush()
 
+    def write_now(self) -> bool:
+        """Public ``_write_now``: what ``flush`` tries first, for a caller that would
+        otherwise enter a cancel scope only to find the write done at once."""
+        return self._write_now()
+
     def _write_now(self) -> bool:
         """Hand everything queued to the kernel in one non-blocking write, if the socket
         takes it all (see the module docstring). Returns whether nothing is left queued;
