@@ -314,6 +314,36 @@ def test_serves_on_the_bound_port_with_the_given_key(tmp_path: Path, source: str
     assert "random key" not in err
 
 
+def test_a_second_sigint_stops_at_once_in_one_line() -> None:
+    """Ctrl-C twice: the first starts the drain, the second stops the process at once with
+    one line on stderr and exit code 130, no traceback."""
+    proc = cli("trio_socketcluster.demo:app", "--port", "0")
+    lines = Lines(proc.stdout)
+    try:
+        port = serving_port(proc, lines)
+        # A client that never answers the close frame keeps the drain busy for seconds.
+        with socket.create_connection(("127.0.0.1", port)) as held:
+            held.sendall(
+                b"GET /socketcluster/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            assert held.recv(4096).startswith(b"HTTP/1.1 101")
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            assert proc.poll() is None  # draining
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(15)
+    finally:
+        stop(proc)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert code == 130, err
+    assert "Traceback" not in err
+    assert "trio-socketcluster: interrupted again: stopped before the drain finished" in err
+
+
 def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -227,6 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             except InvalidOptionsError as exc:
                 raise CliError(str(exc)) from None
         trio.run(_serve, server, args, context)
+    except KeyboardInterrupt:
+        # A second SIGINT (Ctrl-C again) while the first one's drain runs: stop now.
+        print(
+            "trio-socketcluster: interrupted again: stopped before the drain finished",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 130
     except (CliError, AppLoadError) as exc:
         print(f"trio-socketcluster: error: {exc}", file=sys.stderr, flush=True)
         if args.log_level == "debug" and exc.__cause__ is not None:
