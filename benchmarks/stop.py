@@ -27,7 +27,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from storm import AUTH_KEY, CLIENT_CPU, NODE_DIR, PYTHON, ROOT, SERVER_CPU, Proc, free_port
+from storm import (
+    AUTH_KEY,
+    CLIENT_CPU,
+    NODE_DIR,
+    PYTHON,
+    ROOT,
+    SERVER_CPU,
+    Proc,
+    free_port,
+    report,
+)
 
 
 def run(count: int, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
@@ -141,11 +151,7 @@ def main() -> int:
         for count in counts:
             result = run(count, args, logdir)
             ok = ok and bool(result["ok"])
-            line = json.dumps(result)
-            print(line, flush=True)
-            if args.out:
-                with args.out.open("a") as f:
-                    f.write(line + "\n")
+            report(result, args.out)
     return 0 if ok else 1
 
 

@@ -165,6 +165,15 @@ def run(target: str, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
         server.stop()
 
 
+def report(result: dict[str, Any], out: Path | None) -> None:
+    """Print ``result`` as one JSON line; append it to ``out`` too when given."""
+    line = json.dumps(result)
+    print(line, flush=True)
+    if out:
+        with out.open("a") as f:
+            f.write(line + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--count", type=int, default=10_000)
@@ -185,11 +194,7 @@ def main() -> int:
     for target in args.targets.split(","):
         result = run(target, args, logdir)
         ok = ok and bool(result.get("ok"))
-        line = json.dumps(result)
-        print(line, flush=True)
-        if args.out:
-            with args.out.open("a") as f:
-                f.write(line + "\n")
+        report(result, args.out)
     return 0 if ok else 1
 
 
