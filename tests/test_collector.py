@@ -237,6 +237,45 @@ async def test_survivors_of_a_full_collection_are_frozen_while_serving() -> None
     assert len(gc.get_objects(generation=2)) >= frozen * 0.9
 
 
+async def test_survivors_of_a_middle_collection_are_frozen_too() -> None:
+    """What survives a collection of the middle generation (found reachable twice) is frozen:
+    the oldest generation stays empty and full collections have almost nothing to walk."""
+    async with serving(make_app()):
+        gc.collect()
+        freezes = FreezeSurvivors.freezes
+        kept = [[i] for i in range(5000)]  # survivors of the next collections
+        gc.collect(1)
+        assert FreezeSurvivors.freezes == freezes + 1
+        assert len(gc.get_objects(generation=2)) == 0
+        assert sum(gc.is_tracked(x) for x in kept) == len(kept)
+        gc.collect(0)  # a young collection alone freezes nothing
+        assert FreezeSurvivors.freezes == freezes + 1
+
+
+async def test_after_a_thaw_only_a_full_collection_freezes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thaw hands the frozen objects back unchecked: a middle collection must not freeze
+    them again before a full collection has walked them (and freed any garbage cycles)."""
+    monkeypatch.setattr(FreezeSurvivors, "thawed", False)
+    async with serving(make_app()):
+        cycle: list[Any] = []
+        cycle.append(cycle)
+        gc.collect()
+        assert gc.get_freeze_count() > 0  # the cycle among them
+        del cycle  # frozen garbage: only a collection after a thaw frees it
+        FreezeSurvivors.thaw()
+        assert gc.get_freeze_count() == 0
+        freezes = FreezeSurvivors.freezes
+        assert gc.collect(1) == 0  # the cycle is in the oldest generation now
+        assert FreezeSurvivors.freezes == freezes
+        assert gc.get_freeze_count() == 0
+        assert gc.collect() >= 1  # the full collection frees it, then freezes
+        assert FreezeSurvivors.freezes == freezes + 1
+        assert not FreezeSurvivors.thawed
+        assert gc.get_freeze_count() > 10_000
+
+
 async def test_off_when_the_option_says_so() -> None:
     async with serving(make_app(gc_freeze=False)):
         gc.collect()
