@@ -6,7 +6,10 @@ handshake is accepted), and the writer's ``Wakeup``.
   arrives; the heartbeat starts only once it is accepted (no ping before the reply), then
   pings on schedule; a blocked handshake never pings.
 * A token set, replaced and removed while the watcher sleeps wakes it each time.
-* ``Wakeup``: set before or during ``wait``; cancellation leaves it usable.
+* ``Wakeup``: set before or during ``wait``; cancellation leaves it usable; its starter.
+* The writer task starts only when a write does not go out at once: idle connections over
+  TCP (replies written by the reading task, pings by the server's heartbeat) have none; a
+  client that stops reading gets one, and every message once it reads again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
-from conftest import make_server
+from conftest import make_server, wait_until
+from test_collector import connected, serving
 from test_server_lifecycle import pings_until, serve_one
 
 from trio_socketcluster import Block, Hook, ServerSocket
@@ -131,3 +135,78 @@ async def test_wakeup() -> None:
     wake.set()
     with trio.fail_after(1):
         await wake.wait()  # still usable after the cancellation
+
+
+async def test_wakeup_starter_runs_once_when_nobody_waits() -> None:
+    wake = Wakeup()
+    started: list[int] = []
+    wake.starter = lambda: started.append(1)
+    wake.set()
+    wake.set()
+    assert started == [1]
+    with trio.fail_after(1):
+        await wake.wait()  # the flag is still set for the task the starter started
+
+
+def task_names() -> list[str]:
+    """Every running task's name, from the root down."""
+    names: list[str] = []
+    todo = [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        names.append(task.name)
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return names
+
+
+async def test_idle_connections_have_no_writer_task() -> None:
+    server = make_server(ping_interval_s=0.05, ping_timeout_s=5)
+    async with serving(server) as port:
+        clients = [await connected(port) for _ in range(3)]
+        for client in clients:
+            assert (await client.invoke("echo", "x", cid=2))["data"] == "x"
+        pinged = [0] * 3
+        with trio.fail_after(10):
+            for i, client in enumerate(clients):
+                while pinged[i] < 2:  # the heartbeat's pings arrive, and are answered
+                    if await client.recv() == "#1":
+                        pinged[i] += 1
+                        await client.send("#2")
+        names = task_names()
+        assert sum(n.endswith("ServerSocket._expiry_watcher") for n in names) == 3
+        assert not [n for n in names if n.endswith("run_writer")], names
+        for client in clients:
+            await client.close(1000)
+
+
+async def test_a_client_that_stops_reading_gets_a_writer_then_everything() -> None:
+    server = make_server(ping_interval_s=100, ping_timeout_s=200)
+    async with serving(server) as port:
+        client = await connected(port)
+        reply = await client.invoke("#subscribe", {"channel": "c"}, cid=2)
+        assert "error" not in reply
+        payload = "x" * 60_000
+        sent = 0
+        with trio.fail_after(20):  # until the kernel's buffers are full: the writer starts
+            while not [n for n in task_names() if n.endswith("run_writer")]:
+                server.publish("c", {"n": sent, "p": payload})
+                sent += 1
+                await trio.sleep(0)
+        for n in range(sent, sent + 5):  # and some more, queued behind
+            server.publish("c", {"n": n, "p": payload})
+        sent += 5
+        seen = []
+        with trio.fail_after(20):
+            while len(seen) < sent:
+                packet = await client.recv_json()
+                assert packet["event"] == "#publish"
+                assert packet["data"]["data"]["p"] == payload
+                seen.append(packet["data"]["data"]["n"])
+        assert seen == list(range(sent))
+        [socket] = server.sockets.values()
+        assert socket.close_code is None
+        await client.close(1000)
+        await wait_until(lambda: not server.sockets)
+        names = task_names()
+        assert not [n for n in names if n.endswith("run_writer")], names

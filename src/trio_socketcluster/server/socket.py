@@ -324,6 +324,7 @@ class ServerSocket:
         "_next_ping",
         "_nursery",
         "_pending",
+        "_reading",
         "_token_changed",
         "_transport",
         "_watch_scope",
@@ -369,6 +370,8 @@ class ServerSocket:
         self._close_by = math.inf  # the server's drain deadline, once draining
         self._closing_scope: trio.CancelScope | None = None  # the shielded close, once running
         self._write_scope: trio.CancelScope | None = None  # the dispatch task's own write
+        # The dispatch task while it dispatches a read: what it queues, it writes after.
+        self._reading: trio.lowlevel.Task | None = None
         self._nursery: trio.Nursery | None = None
         self._handler_slots: trio.Semaphore | None = None  # created by the first async handler
         self._held_events: list[tuple[Any, ...]] | None = None
@@ -414,10 +417,16 @@ class ServerSocket:
     # ------------------------------------------------------------------ sending
 
     def _send(self, payload: bytes) -> None:
-        self._transport.send(OutboundMessage(payload))
+        if self._reading is not None and self._reading is trio.lowlevel.current_task():
+            self._transport.queue(OutboundMessage(payload))  # written after the read
+        else:
+            self._transport.send(OutboundMessage(payload))
 
     def _send_priority(self, payload: bytes) -> None:
-        self._transport.send_priority(OutboundMessage(payload))
+        if self._reading is not None and self._reading is trio.lowlevel.current_task():
+            self._transport.queue(OutboundMessage(payload), priority=True)
+        else:
+            self._transport.send_priority(OutboundMessage(payload))
 
     def _respond(self, cid: Cid | None, data: Any = MISSING, error: Any = MISSING) -> None:
         if cid is None:
@@ -794,8 +803,9 @@ class ServerSocket:
         """
         # The writer lives in an outer nursery: ending the connection cancels the protocol
         # tasks, never a write in progress; it returns once the transport is closed below.
+        # It starts only once a write does not go out at once (most connections never need it).
         async with trio.open_nursery() as outer:
-            outer.start_soon(self._transport.run_writer)
+            self._transport.start_writer_in(outer)
             await self._run_protocol_tasks()
 
     async def _run_protocol_tasks(self) -> None:
@@ -997,6 +1007,7 @@ class ServerSocket:
 
     async def _dispatch_loop(self) -> None:
         transport = self._transport
+        task = trio.lowlevel.current_task()
         while True:
             try:
                 messages = await transport.receive()
@@ -1009,7 +1020,13 @@ class ServerSocket:
             # reader may be behind, and a pong queued behind data must not cost the
             # busiest clients their connection.
             self._last_pong = trio.current_time()
-            await self._dispatch_read(messages)
+            # What this task queues while it dispatches wakes no writer: it writes it below,
+            # at once if the socket takes it (the writer task starts only when it does not).
+            self._reading = task
+            try:
+                await self._dispatch_read(messages)
+            finally:
+                self._reading = None
             del messages  # an idle connection keeps nothing of its last read
             if self._close is not None:
                 return  # run() writes what is queued, then the close frame
@@ -1062,6 +1079,9 @@ class ServerSocket:
                     case _:  # Ping, Raw: ignored
                         pass
                 if waiting is not None:
+                    if self._transport.buffered_bytes:
+                        # Replies to earlier messages of this read go out before a wait.
+                        self._transport.write_soon()
                     await waiting
 
     async def _run_chain(self, chain: tuple[Any, ...], request: Request) -> Allowed | Blocked:

@@ -17,6 +17,7 @@ it is written, is the subclass's: it implements ``flush`` and ``_queued`` and ke
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -24,7 +25,7 @@ import trio
 
 from ..protocol.rules import sendable_code as sendable_code
 from ..protocol.rules import truncate_reason as truncate_reason
-from .base import SLOW_CONSUMER_CLOSE_CODE, HandshakeRequest, TransportClosed
+from .base import SLOW_CONSUMER_CLOSE_CODE, HandshakeRequest, TaskStarter, TransportClosed
 
 #: The ``_idle`` of a transport that nobody has waited on yet: nothing ever parks here (the
 #: first ``_drain`` that must wait gives its transport a lot of its own), so unparking it is
@@ -100,14 +101,20 @@ class Wakeup:
 
     ``set`` wakes the task in ``wait``, or, if none is waiting, makes the next ``wait`` return
     at once; ``wait`` clears it on return. One small object per transport instead of a new
-    ``Event`` (and its set of waiters) for every wake-up.
+    ``Event`` (and its set of waiters) for every wake-up. ``starter``, if given, is called
+    (once) by the first ``set`` that finds no task waiting: it starts the waiting task.
     """
 
-    __slots__ = ("_flag", "_task")
+    __slots__ = ("_flag", "_task", "starter")
 
     def __init__(self) -> None:
         self._flag = False
         self._task: trio.lowlevel.Task | None = None
+        self.starter: Callable[[], None] | None = None
+
+    @property
+    def is_set(self) -> bool:
+        return self._flag
 
     def set(self) -> None:
         self._flag = True
@@ -115,6 +122,10 @@ class Wakeup:
         if task is not None:
             self._task = None
             trio.lowlevel.reschedule(task)
+        elif self.starter is not None:
+            starter = self.starter
+            self.starter = None
+            starter()
 
     async def wait(self) -> None:
         """Return once ``set`` has been called (a checkpoint either way)."""
@@ -145,6 +156,7 @@ class OutboundTransport:
         "_send_scope",
         "_sending",
         "_wake",
+        "_writer_nursery",
     )
 
     def __init__(
@@ -159,6 +171,7 @@ class OutboundTransport:
         self._send_scope: trio.CancelScope | None = None
         self._wake = Wakeup()
         self._idle = _NO_WAITERS  # see _NO_WAITERS
+        self._writer_nursery: TaskStarter | None = None
 
     @property
     def request(self) -> HandshakeRequest:
@@ -195,6 +208,25 @@ class OutboundTransport:
         while self._close.state is not State.CLOSED:
             await self._wake.wait()
             await self.flush()
+
+    def start_writer_in(self, nursery: TaskStarter) -> None:
+        """Start ``run_writer`` in ``nursery`` when it is first needed, instead of now: when
+        something is queued that the socket did not take at once, or a pong or an overflow
+        needs writing. A connection whose writes all go out at once (replies written by the
+        reading task, pings by the server's heartbeat) never has a writer task; a close
+        writes its own frame (``close``, ``aclose``)."""
+        self._writer_nursery = nursery
+        if self._wake.is_set:
+            self._start_writer()
+        else:
+            self._wake.starter = self._start_writer
+
+    def _start_writer(self) -> None:
+        nursery = self._writer_nursery
+        self._writer_nursery = None
+        # A local close or the peer's writes its frame itself; an overflow needs the writer.
+        if nursery is not None and (self._close.state is State.OPEN or self._abort_after_flush):
+            nursery.start_soon(self.run_writer)
 
     async def _drain(self) -> None:
         """Wait until everything queued is written (or the stream is closed)."""

@@ -9,7 +9,8 @@ The core never touches wsproto or trio-websocket: it sees a ``Transport`` that
 * takes outbound messages without blocking (``send``/``send_priority``) into one bounded
   per-socket buffer, flushed by a single ``send_all`` either by the caller (``flush``, used
   by the reader once it has dispatched a read) or by the transport's writer task
-  (``run_writer``, started in the connection's nursery);
+  (``run_writer``, started in the connection's nursery when a write first does not go out
+  at once: ``start_writer_in``);
 * closes with a code and reason (``close``) and reports the peer's close as
   ``TransportClosed``.
 
@@ -136,6 +137,12 @@ class OutboundMessage:
         return f"OutboundMessage({self.payload[:80]!r})"
 
 
+class TaskStarter(Protocol):
+    """Where a transport starts its writer task: a ``trio.Nursery``."""
+
+    def start_soon(self, async_fn: Callable[[], Awaitable[object]], /) -> object: ...
+
+
 class Transport(Protocol):
     """What the connection core needs from a WebSocket. See the module docstring."""
 
@@ -167,6 +174,17 @@ class Transport(Protocol):
         server's heartbeat task, so that the connection's writer task need not wake)."""
         ...
 
+    def queue(self, message: OutboundMessage, *, priority: bool = False) -> None:
+        """``send`` (or with ``priority``, ``send_priority``) without waking the writer: the
+        caller writes it soon itself (``write_now``, then ``flush``), or calls
+        ``write_soon``."""
+        ...
+
+    def write_soon(self) -> None:
+        """Write what is queued now if the socket takes it all, else have the writer write
+        it (started if it was not yet: ``start_writer_in``)."""
+        ...
+
     def write_now(self) -> bool:
         """Hand everything queued to the connection at once, without blocking, if the
         transport can and the socket takes it all; whether nothing is left queued (else
@@ -180,6 +198,12 @@ class Transport(Protocol):
     async def run_writer(self) -> None:
         """Flush whenever something is queued, until the transport closes. Run it in the
         connection's nursery; it returns (never raises) when the transport is closed."""
+        ...
+
+    def start_writer_in(self, nursery: TaskStarter) -> None:
+        """Instead of running ``run_writer`` from the start: start it in ``nursery`` the
+        first time something queued is not written at once (an idle connection then has no
+        writer task). Call it once, before the first ``send``."""
         ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None:

@@ -215,7 +215,18 @@ class TrioWebsocketTransport(OutboundTransport):
         (``write`` changes nothing here: the writer task writes it)."""
         self._enqueue(self._prio, message)
 
-    def _enqueue(self, queue: deque[OutboundMessage], message: OutboundMessage) -> None:
+    def queue(self, message: OutboundMessage, *, priority: bool = False) -> None:
+        """``send``/``send_priority`` without waking the writer (see ``Transport.queue``)."""
+        self._enqueue(self._prio if priority else self._queue, message, wake=False)
+
+    def write_soon(self) -> None:
+        """Wake the writer for what is queued (trio-websocket writes only in its task)."""
+        if self._queued() and not self._sending:
+            self._wake.set()
+
+    def _enqueue(
+        self, queue: deque[OutboundMessage], message: OutboundMessage, *, wake: bool = True
+    ) -> None:
         if self._close.state is not State.OPEN:
             return
         n = len(message.payload)
@@ -224,7 +235,7 @@ class TrioWebsocketTransport(OutboundTransport):
             return
         queue.append(message)
         self._bytes += n
-        if not self._sending:
+        if wake and not self._sending:
             self._wake.set()
 
     def _overflow(self) -> None:

@@ -266,6 +266,23 @@ class WsprotoTransport(OutboundTransport):
         if not self._sending and not (write and self._write_now()):
             self._wake.set()
 
+    def queue(self, message: OutboundMessage, *, priority: bool = False) -> None:
+        """``send``/``send_priority`` without waking the writer (see ``Transport.queue``)."""
+        if self._close.state is not _OPEN:
+            return
+        frame = message.frame
+        if len(self._buf) + len(self._prio) + len(frame) > self._max_buffer_bytes:
+            self._overflow()
+        elif priority:
+            self._prio += frame
+        else:
+            self._buf += frame
+
+    def write_soon(self) -> None:
+        """Write what is queued at once if the socket takes it, else wake the writer."""
+        if not self._sending and not self._write_now():
+            self._wake.set()
+
     def _overflow(self) -> None:
         self._buf = bytearray()
         self._prio += _SLOW_CONSUMER_FRAME
