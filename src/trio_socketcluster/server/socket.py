@@ -8,7 +8,10 @@ of its own holding
   (``protocol/events.py``: one event per action, already validated), acts on each event (a
   ``match`` on its type: middleware, handler, broker, reply), then flushes the replies with one
   write;
-* the transport's **writer** task (flushes data queued by other tasks: publishes, pings);
+* the transport's **writer** task, started the first time a write does not go out at once
+  (``start_writer_in``): the dispatch task writes its own replies after each read, the
+  server's heartbeat writes pings, and a publish is written by the writer, so a connection
+  whose socket always takes what it is given never has one;
 * the **handshake** task: closes with 4005 if no ``#handshake`` arrives in time, and ends
   when it arrives;
 * the **token-expiry watcher**, started when the handshake is accepted (before it there is
