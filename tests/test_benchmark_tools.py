@@ -130,6 +130,7 @@ def test_memory_breakdown_names_the_connection_tasks(tmp_path: Path) -> None:
     tasks = result["tasks_per_conn"]
     assert tasks["ServerSocket._expiry_watcher"] == 1.0  # the watcher stays (and heartbeats)
     assert "ServerSocket._handshake_task" not in tasks  # it ended with the handshake
+    assert not [name for name in tasks if name.endswith("run_writer")]  # never needed
     assert result["traced_per_conn"] > 1000
     assert result["by_ours"][0][1] > 0
     assert "trio tasks per connection" in proc.stdout
