@@ -5,6 +5,7 @@ of ours; and the freeze/thaw rules themselves, on the real collector."""
 from __future__ import annotations
 
 import gc
+import math
 import socket as pysocket
 import struct
 from contextlib import asynccontextmanager, contextmanager
@@ -19,7 +20,7 @@ from wsclient import Closed, RawClient, new_client
 
 import trio_socketcluster
 from trio_socketcluster import Server, ServerSocket
-from trio_socketcluster.collector import THAW_MIN_CLOSES, FreezeSurvivors
+from trio_socketcluster.collector import PACE_S, THAW_MIN_CLOSES, FreezeSurvivors
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -274,6 +275,47 @@ async def test_after_a_thaw_only_a_full_collection_freezes(
         assert FreezeSurvivors.freezes == freezes + 1
         assert not FreezeSurvivors.thawed
         assert gc.get_freeze_count() > 10_000
+
+
+def test_pace_collects_the_young_and_middle_generations_every_pace_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """However flat CPython's allocation count stays (objects replaced as fast as they are
+    made), ``pace`` (the heartbeat calls it after each round) collects the young and middle
+    generations every ``PACE_S``, and its survivors are frozen; never while the collector
+    is paused (the drain) or no server runs the policy."""
+    monkeypatch.setattr(FreezeSurvivors, "next_pace", -math.inf)
+    monkeypatch.setattr(FreezeSurvivors, "thawed", False)
+    collected: list[int] = []
+
+    def probe(phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop":
+            collected.append(info["generation"])
+
+    gc.callbacks.append(probe)
+    try:
+        FreezeSurvivors.pace(0.0)
+        assert collected == []  # no server runs the policy
+        with FreezeSurvivors():
+            kept = [[i] for i in range(1000)]
+            gc.collect(0)  # young survivors, in the middle generation now
+            assert len(gc.get_objects(generation=1)) >= len(kept)
+            collected.clear()
+            FreezeSurvivors.pace(100.0)
+            assert collected == [1]
+            assert len(gc.get_objects(generation=1)) == 0  # walked, frozen
+            FreezeSurvivors.pace(100.0 + PACE_S / 2)
+            assert collected == [1]
+            FreezeSurvivors.pace(100.0 + PACE_S)
+            assert collected == [1, 1]
+            gc.disable()
+            try:
+                FreezeSurvivors.pace(200.0)
+            finally:
+                gc.enable()
+            assert collected == [1, 1]
+    finally:
+        gc.callbacks.remove(probe)
 
 
 async def test_off_when_the_option_says_so() -> None:

@@ -86,6 +86,17 @@ async def test_a_closed_socket_is_dropped_and_an_earlier_one_wakes_the_sleep(
     assert len(heartbeat) == 0
 
 
+async def test_after_round_runs_once_per_round(autojump_clock: trio.testing.MockClock) -> None:
+    rounds: list[float] = []
+    async with running(slack_s=0.5) as (heartbeat, t0, log):
+        heartbeat.after_round = rounds.append
+        heartbeat.add(Stand("a", 2, 2, log), t0 + 1)
+        heartbeat.add(Stand("b", 2, 2, log), t0 + 1.2)  # within the slack: the same round
+        await trio.sleep(10)
+    assert since(t0, log) == [(1, "a"), (1, "b"), (3, "a"), (3, "b")]
+    assert [round(t - t0, 6) for t in rounds] == [1, 3]
+
+
 async def test_running_twice_is_refused() -> None:
     async with running() as (heartbeat, _, _):
         with pytest.raises(RuntimeError, match="already running"):

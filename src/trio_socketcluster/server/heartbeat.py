@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 __all__ = ["Beating", "Heartbeat"]
 
@@ -44,8 +44,12 @@ Entry = list[float | int | Beating | None]
 
 
 class Heartbeat:
-    def __init__(self, slack_s: float = 0.01) -> None:
+    def __init__(
+        self, slack_s: float = 0.01, after_round: Callable[[float], None] | None = None
+    ) -> None:
         self.slack_s = slack_s
+        #: Called with trio's clock after each round (the collector's pacing, ``collector``).
+        self.after_round = after_round
         self._heap: list[Entry] = []
         self._ties: Iterator[int] = itertools.count()
         self._sleep: trio.CancelScope | None = None
@@ -80,6 +84,8 @@ class Heartbeat:
                 self._sleep = None
                 now = trio.current_time()
                 self._beat_due(now)
+                if self.after_round is not None:
+                    self.after_round(now)
                 not_before = now + self.slack_s
         finally:
             self.running = False

@@ -261,7 +261,9 @@ class Server:
         self.set_broker(broker if broker is not None else self.broker)
         self.middleware = MiddlewareRegistry()
         #: Pings the handshaken sockets while ``start_broker``'s nursery runs.
-        self.heartbeat = Heartbeat()
+        self.heartbeat = Heartbeat(
+            after_round=FreezeSurvivors.pace if self.config.gc_freeze else None
+        )
         self._handlers: dict[str, HandlerEntry] = {}
         self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in LISTENER_EVENTS}
         self._renewal: RenewalHook | None = None
