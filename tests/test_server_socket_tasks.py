@@ -14,6 +14,7 @@ handshake is accepted), and the writer's ``Wakeup``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 from conftest import make_server, wait_until
+from wsproto.events import TextMessage
 from test_collector import connected, serving
 from test_server_lifecycle import pings_until, serve_one
 
@@ -210,3 +212,34 @@ async def test_a_client_that_stops_reading_gets_a_writer_then_everything() -> No
         await wait_until(lambda: not server.sockets)
         names = task_names()
         assert not [n for n in names if n.endswith("run_writer")], names
+
+
+async def test_a_reply_queued_before_a_wait_in_the_same_read_is_not_held_back(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The dispatch task writes its replies after each read; when a later message of the
+    same read waits (an async middleware), the replies queued before it go out first."""
+    server = make_server(ping_interval_s=100, ping_timeout_s=200)
+
+    async def slow_for_some(request: Any) -> None:
+        if request.event == "slow":
+            await trio.sleep(10)
+
+    server.add_middleware(Hook.EMIT, slow_for_some)
+
+    @server.handler("slow")
+    def slow(_s: ServerSocket, data: Any) -> Any:
+        return data
+
+    served = await serve_one(nursery, server)
+    client = served.client
+    t0 = trio.current_time()
+    both = b"".join(
+        client.ws.send(TextMessage(data=json.dumps({"event": e, "data": e, "cid": cid})))
+        for e, cid in (("echo", 2), ("slow", 3))
+    )
+    await client.send_raw(both)  # one read on the server's side
+    first = await client.recv_json()
+    assert (first["rid"], trio.current_time()) == (2, t0)
+    second = await client.recv_json()
+    assert (second["rid"], second["data"], trio.current_time()) == (3, "slow", t0 + 10)
