@@ -22,9 +22,9 @@ import trio
 import trio.lowlevel
 import trio.testing
 from conftest import make_server, wait_until
-from wsproto.events import TextMessage
 from test_collector import connected, serving
 from test_server_lifecycle import pings_until, serve_one
+from wsproto.events import TextMessage
 
 from trio_socketcluster import Block, Hook, ServerSocket
 from trio_socketcluster.transport._common import Wakeup
@@ -153,7 +153,9 @@ async def test_wakeup_starter_runs_once_when_nobody_waits() -> None:
 def task_names() -> list[str]:
     """Every running task's name, from the root down."""
     names: list[str] = []
-    todo = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    todo = [root]
     while todo:
         task = todo.pop()
         names.append(task.name)
@@ -194,11 +196,11 @@ async def test_a_client_that_stops_reading_gets_a_writer_then_everything() -> No
             while not [n for n in task_names() if n.endswith("run_writer")]:
                 server.publish("c", {"n": sent, "p": payload})
                 sent += 1
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
         for n in range(sent, sent + 5):  # and some more, queued behind
             server.publish("c", {"n": n, "p": payload})
         sent += 5
-        seen = []
+        seen: list[int] = []
         with trio.fail_after(20):
             while len(seen) < sent:
                 packet = await client.recv_json()

@@ -17,15 +17,18 @@ it is written, is the subclass's: it implements ``flush`` and ``_queued`` and ke
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import trio
 
 from ..protocol.rules import sendable_code as sendable_code
 from ..protocol.rules import truncate_reason as truncate_reason
 from .base import SLOW_CONSUMER_CLOSE_CODE, HandshakeRequest, TaskStarter, TransportClosed
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: The ``_idle`` of a transport that nobody has waited on yet: nothing ever parks here (the
 #: first ``_drain`` that must wait gives its transport a lot of its own), so unparking it is
