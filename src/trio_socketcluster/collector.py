@@ -58,8 +58,9 @@ PACE_S = 0.1
 
 
 class FreezeSurvivors:
-    """Freeze the survivors of every full collection while a server runs (see the module
-    docstring). ``with FreezeSurvivors():`` per serving server; ``connection_opened`` /
+    """Freeze the survivors of every middle and full collection while a server runs, and
+    pace the young and middle collections (see the module docstring).
+    ``with FreezeSurvivors():`` per serving server; ``connection_opened`` /
     ``connection_closed`` feed the thaw rule."""
 
     _active = 0  # servers using it, in this process
