@@ -71,7 +71,6 @@ class FreezeSurvivors:
     thaws = 0
     thawed = False  # thawed, and no full collection since
     next_pace = -math.inf  # trio's clock
-    paced = 0  # collections ``pace`` ran
 
     def __enter__(self) -> FreezeSurvivors:
         cls = FreezeSurvivors
@@ -97,7 +96,6 @@ class FreezeSurvivors:
         if now >= cls.next_pace and cls._active and gc.isenabled():
             cls.next_pace = now + PACE_S
             gc.collect(_MIDDLE)
-            cls.paced += 1
 
     @staticmethod
     def connection_opened() -> None:
