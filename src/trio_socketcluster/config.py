@@ -101,8 +101,9 @@ class ServerConfig:
     """When set, the renewal hook is called this many seconds before a token expires."""
     shutdown_timeout_s: float = 5.0
     gc_freeze: bool = True
-    """While serving, freeze the survivors of each full garbage collection so that later ones
-    walk only newer objects (see ``trio_socketcluster.collector``; docs/operations.md)."""
+    """While serving, freeze what survives the garbage collector's middle and full
+    collections, so that later ones walk only newer objects, and pace young collections from
+    the heartbeat (see ``trio_socketcluster.collector``; docs/operations.md)."""
     metrics: bool = False
     """Serve ``GET /metrics`` (Prometheus text) on the WebSocket port. Prefer
     ``metrics_port`` for a server the public can reach."""
