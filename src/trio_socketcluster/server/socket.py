@@ -419,14 +419,18 @@ class ServerSocket:
 
     # ------------------------------------------------------------------ sending
 
+    def _in_read(self) -> bool:
+        """Is this the dispatch task, dispatching a read? (It writes what it queues after.)"""
+        return self._reading is not None and self._reading is trio.lowlevel.current_task()
+
     def _send(self, payload: bytes) -> None:
-        if self._reading is not None and self._reading is trio.lowlevel.current_task():
-            self._transport.queue(OutboundMessage(payload))  # written after the read
+        if self._in_read():
+            self._transport.queue(OutboundMessage(payload))
         else:
             self._transport.send(OutboundMessage(payload))
 
     def _send_priority(self, payload: bytes) -> None:
-        if self._reading is not None and self._reading is trio.lowlevel.current_task():
+        if self._in_read():
             self._transport.queue(OutboundMessage(payload), priority=True)
         else:
             self._transport.send_priority(OutboundMessage(payload))

@@ -256,13 +256,9 @@ class WsprotoTransport(OutboundTransport):
         """Queue ``message`` ahead of everything queued by ``send``. Same overflow policy.
         With ``write``, what is queued is handed to the socket at once if it takes it all
         (the writer task is only woken for what it does not take)."""
-        if self._close.state is not _OPEN:
+        self.queue(message, priority=True)
+        if self._close.state is not _OPEN:  # closing, or this overflowed (the writer knows)
             return
-        frame = message.frame
-        if len(self._buf) + len(self._prio) + len(frame) > self._max_buffer_bytes:
-            self._overflow()
-            return
-        self._prio += frame
         if not self._sending and not (write and self._write_now()):
             self._wake.set()
 
